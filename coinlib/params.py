@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coinlib.sources import REPO_ROOT
 
@@ -131,11 +131,6 @@ class Params(_Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
 
-    @field_validator("base")
-    @classmethod
-    def _no_base_after_merge(cls, v: Optional[str]) -> Optional[str]:
-        return v
-
     # ------------------------------------------------------------------ derived paths
     @property
     def run_dir(self) -> Path:
@@ -244,22 +239,28 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
 
 # ------------------------------------------------------------------------------------------- messages
 def _unknown_key_message(where: str, key: str, allowed: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+    close = difflib.get_close_matches(str(key).rsplit(".", 1)[-1], [str(a) for a in allowed], n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"{where}: unknown key {key!r}{hint} Allowed here: {', '.join(map(str, allowed))}."
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Params
+def _field_info(loc: tuple):
+    """The pydantic field at a validation-error location (None past a non-model field)."""
+    model: Any = Params
+    field = None
     for part in loc:
-        field = model.model_fields.get(part) or next(
-            (f for f in model.model_fields.values() if f.alias == part), None)
-        ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            break
-    return [f.alias or n for n, f in model.model_fields.items()]
+        fields = getattr(model, "model_fields", {})
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Key names allowed in the section at ``loc``."""
+    model = _field_info(loc).annotation if loc else Params
+    return [f.alias or n for n, f in getattr(model, "model_fields", {}).items()]
 
 
 def _describe(where: str, err: dict) -> str:
@@ -274,14 +275,3 @@ def _describe(where: str, err: dict) -> str:
     got = err.get("input")
     return f"{where}: {key}: {err['msg']}; got {got!r} ({type(got).__name__})."
 
-
-def _field_info(loc: tuple):
-    model: Any = Params
-    field = None
-    for part in loc:
-        fields = getattr(model, "model_fields", {})
-        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        if field is None:
-            return None
-        model = field.annotation
-    return field

@@ -1,0 +1,132 @@
+"""Parameter files: bases, validation and the error messages users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coinlib.params import PARAMS_DIR, Params, ParamsError, deep_merge, load_params, notebook_params
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_shipped_params_file_validates():
+    files = sorted(PARAMS_DIR.glob("*.yaml"))
+    assert files, "params/ holds no YAML files"
+    for f in files:
+        assert isinstance(load_params(f), Params), f
+
+
+def test_default_base_is_smoke_and_sections_merge_deeply(tmp_path):
+    p = load_params(write(tmp_path, "x.yaml", "run: {name: x}\ntrain: {lambda: 10}\n"))
+    smoke = load_params(PARAMS_DIR / "smoke.yaml")
+    assert p.run.name == "x"
+    assert p.train.lambda_ == 10
+    # untouched keys of a touched section come from the base, not the schema default
+    assert p.train.max_steps == smoke.train.max_steps
+    assert p.model.name == smoke.model.name
+
+
+def test_base_chain_relative_to_including_file(tmp_path):
+    write(tmp_path, "a.yaml", "base: null\nrun: {name: a, seed: 7}\nmodel: {name: m/n}\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\nrun: {name: b}\n")
+    p = load_params(write(tmp_path, "c.yaml", "base: b.yaml\ntrain: {contrastive: false}\n"))
+    assert (p.run.name, p.run.seed, p.model.name, p.train.contrastive) == ("b", 7, "m/n", False)
+
+
+def test_base_cycle_is_reported(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        load_params(tmp_path / "a.yaml")
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    path = write(tmp_path, "bad.yaml", "train:\n  lamda: 10\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert str(path) in msg and "train.lamda" in msg and "did you mean 'lambda'" in msg
+
+
+def test_unknown_section_is_reported(tmp_path):
+    path = write(tmp_path, "bad.yaml", "trian: {}\n")
+    with pytest.raises(ParamsError, match=r"unknown key 'trian'; did you mean 'train'"):
+        load_params(path)
+
+
+def test_wrong_type_names_key_expected_and_got(tmp_path):
+    path = write(tmp_path, "bad.yaml", "train: {lambda: lots}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert str(path) in msg and "train.lambda" in msg and "valid number" in msg and "'lots'" in msg
+
+
+def test_out_of_range_value(tmp_path):
+    with pytest.raises(ParamsError, match=r"train.temperature: Input should be greater than 0"):
+        load_params(write(tmp_path, "bad.yaml", "train: {temperature: 0}\n"))
+
+
+def test_missing_required_value(tmp_path):
+    path = write(tmp_path, "bad.yaml", "base: null\nrun: {name: r}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert str(path) in msg and "missing required key 'model'" in msg
+
+
+def test_missing_required_nested_value_has_its_description(tmp_path):
+    path = write(tmp_path, "bad.yaml", "base: null\nrun: {seed: 1}\nmodel: {name: a/b}\n")
+    with pytest.raises(ParamsError, match=r"missing required key 'run.name' \(run name"):
+        load_params(path)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "bad.yaml", "run:\n  name: x\ntrain: [lambda: 1\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert str(path) in msg and "line" in msg and "YAML syntax error" in msg
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(write(tmp_path, "list.yaml", "- 1\n- 2\n"))
+
+
+def test_several_problems_are_all_listed(tmp_path):
+    path = write(tmp_path, "bad.yaml", "train: {lambda: x, temperature: y}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert "train.lambda" in str(err.value) and "train.temperature" in str(err.value)
+
+
+def test_notebook_namespace_validation_catches_injected_typo():
+    ns = {"base": "smoke.yaml", "run": {}, "model": {}, "data": {}, "train": {"lambda": 5}, "evaluate": {},
+          "analysis": {}, "In": [], "_": None, "notebook_params": notebook_params}
+    assert notebook_params(ns).train.lambda_ == 5
+    ns["evalaute"] = {"n_per_task": 3}
+    with pytest.raises(ParamsError, match=r"notebook parameters: unknown key 'evalaute'; did you mean 'evaluate'"):
+        notebook_params(ns)
+
+
+def test_derived_paths_share_data_between_runs_with_same_data(tmp_path):
+    a = load_params(write(tmp_path, "a.yaml", "run: {name: a}\ntrain: {contrastive: false}\n"))
+    b = load_params(write(tmp_path, "b.yaml", "run: {name: b}\n"))
+    c = load_params(write(tmp_path, "c.yaml", "run: {name: c}\ndata: {size: 5}\n"))
+    assert a.data_dir == b.data_dir != c.data_dir
+    assert a.run_dir.name == "a" and a.figures_dir.name == "a"
+
+
+def test_deep_merge_does_not_mutate_inputs():
+    base = {"a": {"b": 1, "c": 2}}
+    out = deep_merge(base, {"a": {"b": 3}})
+    assert out == {"a": {"b": 3, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
