@@ -74,6 +74,16 @@ class DataParams(_Section):
     eval_prompt_sets: list[str] = Field(
         default_factory=lambda: ["coin_eval_prompts"], description="prompt sets checked for leakage into training"
     )
+    replacement: bool = Field(
+        False, description="reuse a task's instances once its pool is exhausted (offline mirror pools are small)"
+    )
+    task_caps: Literal["none", "table2"] = Field(
+        "none", description="per-task entry cap: none, or the paper's Table 2 counts"
+    )
+    eval_holdout: int = Field(
+        300, ge=0, description="rows of the evaluation sample (coinlib.sampling) kept out of training pools "
+        "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
+    )
 
 
 class TrainParams(_Section):
