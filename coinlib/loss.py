@@ -99,3 +99,23 @@ def coin_loss(ce: torch.Tensor, ctr: torch.Tensor, lam: float) -> tuple[torch.Te
     if not bool(torch.isfinite(ctr.detach()).all()):
         return ce, w
     return ce + w.to(ce.dtype) * ctr.to(ce.dtype), w
+
+
+def gather_embeddings(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' rows of ``x`` concatenated in rank order, and this process's offset in the result.
+
+    The local slice is ``x`` itself, so gradients flow to this process's rows (the other processes' rows are
+    constants here; each process back-propagates its own). Without an initialised process group: ``(x, 0)``.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    sizes = [int(s) for s in sizes]
+    buffers = [x.new_zeros((n, *x.shape[1:])) for n in sizes]
+    dist.all_gather(buffers, x.detach().contiguous())
+    buffers[rank] = x
+    return torch.cat(buffers, dim=0), sum(sizes[:rank])

@@ -94,14 +94,31 @@ class TrainParams(_Section):
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau")
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1, description="effective batch size in pairs (micro-batch x accumulation)")
-    micro_batch_pairs: int = Field(2, ge=1, description="pairs per forward pass")
-    batching: Literal["paired", "in_batch"] = "paired"
+    micro_batch_pairs: int = Field(2, ge=1, description="pairs per forward pass (per process)")
+    batching: Literal["paired", "in_batch"] = Field(
+        "paired", description="paired = reference: each InfoNCE sees its own positive and its own hard negative; "
+        "in_batch = every positive and negative of the micro-batch (and of all processes if gather) is a candidate")
+    row_negatives: bool = Field(
+        True, description="forward each entry's hard negative (same instruction, other instance); False = only the "
+        "other entries of the micro-batch are negatives (no extra sequences; in_batch only)")
+    group_by_task: bool = Field(True, description="in_batch: fill each micro-batch with entries of one task")
+    shuffle: bool = Field(True, description="shuffle micro-batches (the reference code keeps the data order)")
+    gather_across_processes: bool = Field(
+        False, description="in_batch with several processes: gather embeddings so other processes' rows are negatives")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="optimizer steps; -1 = from epochs")
     cutoff_len: int = Field(256, ge=8, description="max tokens per sequence")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine, constant, ...)")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="autocast; auto = from model.dtype (bfloat16 -> bf16, float16 -> fp16, else none)")
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(200, ge=1)
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    save_total_limit: Optional[int] = Field(3, ge=1, description="checkpoints kept (oldest deleted); null = all")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["tensorboard"], description="tensorboard (default), wandb (opt-in), or [] for none")
 
 
 class EvaluateParams(_Section):
