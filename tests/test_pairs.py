@@ -1,0 +1,159 @@
+"""Contrastive entries: pair invariants, round-robin, determinism, holdout, leakage guard and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coinlib import pairs
+from coinlib.flan import load_templates, render
+from coinlib.params import validate
+from coinlib.sampling import sample_indices
+
+TASKS = ["rte", "sst2", "trec", "wsc273", "stsb"]
+
+
+@pytest.fixture(scope="module")
+def flan_templates(mirror):
+    return load_templates(mirror)
+
+
+@pytest.fixture(scope="module")
+def pools(mirror, flan_templates):
+    return pairs.load_pools(TASKS, mirror, 300, flan_templates)
+
+
+@pytest.fixture(scope="module")
+def entries(pools):
+    return pairs.build_entries(pools.pools, 250, seed=0)
+
+
+def _examples(pools):
+    return {p.name: {e.instance_id: e for e in p.examples} for p in pools.pools}
+
+
+def _templates(pools):
+    return {p.name: {t.template_id: t for t in p.templates} for p in pools.pools}
+
+
+def test_pair_invariants(pools, entries):
+    examples, templates = _examples(pools), _templates(pools)
+    for e in entries:
+        x, x_neg = examples[e["task"]][e["instance_id"]], examples[e["task"]][e["neg_instance_id"]]
+        t, t_pos = templates[e["task"]][e["template_id"]], templates[e["task"]][e["pos_template_id"]]
+        # positive: same input and output, another template
+        assert e["pos_template_id"] != e["template_id"]
+        assert e["pos_prompt"] == render(t_pos.input, x.fields) and render(t_pos.target, x.fields) == e["target"]
+        assert e["pos_prompt"] != e["prompt"]
+        # negative: same template, another instance with another output
+        assert e["neg_instance_id"] != e["instance_id"] and e["neg_target"] != e["target"]
+        assert e["neg_prompt"] == render(t.input, x_neg.fields) and e["neg_prompt"] != e["prompt"]
+        assert e["prompt"] == render(t.input, x.fields) and e["target"] == x.answer == render(t.target, x.fields)
+        assert e["target"] in e["options"]
+
+
+def test_round_robin_and_traceable_ids(pools, entries):
+    names = [p.name for p in pools.pools]
+    assert [e["task"] for e in entries[: 3 * len(names)]] == names * 3
+    assert [e["entry_id"] for e in entries] == list(range(len(entries)))
+    assert all(e["instance_id"].startswith(("super_glue/", "glue/", "trec/", "winograd_wsc/")) for e in entries)
+
+
+def test_same_seed_same_entries_other_seed_differs(pools, entries):
+    assert pairs.build_entries(pools.pools, 250, seed=0) == entries
+    assert pairs.build_entries(pools.pools, 250, seed=1) != entries
+
+
+def test_exhaustion_replacement_and_caps(pools):
+    wsc = [p for p in pools.pools if p.name == "wsc273"]
+    n = len(wsc[0].examples)
+    no_repl = pairs.build_entries(wsc, n + 50, seed=0)
+    assert len(no_repl) == n and len({e["instance_id"] for e in no_repl}) == n
+    assert len(pairs.build_entries(wsc, n + 50, seed=0, replacement=True)) == n + 50
+    capped = pairs.build_entries(pools.pools, 1000, seed=0, caps={"wsc273": 3})
+    assert sum(e["task"] == "wsc273" for e in capped) == 3
+
+
+def test_eval_holdout_and_named_skips(mirror, flan_templates):
+    got = pairs.load_pools(["qnli", "qqp", "anli_r1"], mirror, 300, flan_templates)
+    qnli = got.pools[0]
+    held = {f"glue/qnli/validation/{i}" for i in sample_indices(5463, 300)}
+    assert qnli.held_out == 300 and not held & {e.instance_id for e in qnli.examples}
+    skips = {s.task: s.reason for s in got.skips}
+    assert set(skips) == {"glue_qqp", "anli_r1"}
+    assert "39 evaluation rows held out" in skips["glue_qqp"] and "facebook/anli" in skips["anli_r1"]
+
+
+def test_unknown_task_names_suggest(flan_templates):
+    with pytest.raises(pairs.DataError, match="unknown task 'sst'.*Did you mean sst2"):
+        pairs.resolve_tasks(["sst"])
+    assert pairs.resolve_tasks(["mnli", "all"])[:3] == ["anli_r1", "anli_r2", "anli_r3"]
+    assert pairs.resolve_tasks(["mrpc", "cola"]) == ["glue_mrpc", "cola"]
+
+
+def _mini_mirror(tmp_path, rows):
+    path = tmp_path / "hf" / "nyu-mll__glue" / "sst2" / "train.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return tmp_path
+
+
+def test_single_output_task_is_an_error(tmp_path, flan_templates):
+    root = _mini_mirror(tmp_path, [{"sentence": f"s{i}", "label": 1, "idx": i} for i in range(5)])
+    with pytest.raises(pairs.DataError, match="output 'positive'; a hard negative needs another output"):
+        pairs.load_pools(["sst2"], root, 300, flan_templates)
+
+
+def test_empty_source_is_an_error(tmp_path, flan_templates):
+    root = _mini_mirror(tmp_path, [])
+    with pytest.raises(pairs.DataError, match="has no rows"):
+        pairs.load_pools(["sst2"], root, 300, flan_templates)
+
+
+def test_too_few_templates_is_an_error(flan_templates, mirror):
+    from dataclasses import replace
+
+    import coinlib.flan as flan
+
+    one = replace(flan_templates, patterns={**flan_templates.patterns, "cola": flan_templates.patterns["cola"][:1]})
+    with pytest.raises(pairs.DataError, match="positives need two"):
+        pairs.load_pool(flan.ADAPTERS["cola"], one, mirror)
+
+
+def test_leakage_guard_fires(entries, pools, tmp_path):
+    lines = {ln for t in pools.pools[0].templates for ln in t.input.split("\n") if len(ln) > 15 and "{" not in ln}
+    leaked = next(ln for ln in sorted(lines) if any(ln in e["prompt"] for e in entries))  # a used instruction
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"source": "test", "clean": {"rte": ["unseen instruction", leaked]}}))
+    with pytest.raises(pairs.LeakageError, match="1 evaluation instruction"):
+        pairs.check_leakage(entries, pairs.eval_instructions([str(bad)]))
+    pairs.check_leakage(entries, pairs.eval_instructions(["coin_eval_prompts"]))  # the paper's prompts: clean
+
+
+def _params(tmp_path, **data):
+    return validate({"run": {"name": "t", "output_root": str(tmp_path), "seed": 0},
+                     "data": {"tasks": ["rte", "cola", "wsc273"], "size": 30, **data}})
+
+
+def test_build_is_byte_deterministic_and_loadable(tmp_path):
+    a = pairs.load_or_build(_params(tmp_path / "a"), progress=False)
+    b = pairs.load_or_build(_params(tmp_path / "b"), progress=False)
+    da, db = _params(tmp_path / "a").data_dir, _params(tmp_path / "b").data_dir
+    for name in ["entries.jsonl", "task_counts.csv", "dataset/data-00000-of-00001.arrow"]:
+        assert (da / name).read_bytes() == (db / name).read_bytes(), name
+    assert a.num_rows == 30 and set(pairs.COLUMNS) <= set(a.column_names)
+    assert a.to_list() == b.to_list()
+    counts = (da / "task_counts.csv").read_text().splitlines()
+    assert counts[0].startswith("category,task,dataset,paper_count,entries") and len(counts) == 4
+    assert pairs.load_or_build(_params(tmp_path / "a"), progress=False).to_list() == a.to_list()  # cached
+
+
+def test_build_fails_on_leak_and_on_small_holdout(tmp_path):
+    leak = tmp_path / "leak.json"
+    leak.write_text(json.dumps({"clean": {"cola": ["Would a linguist rate this sentence to be acceptable linguistically?"]}}))
+    with pytest.raises(pairs.LeakageError):
+        pairs.build(_params(tmp_path, eval_prompt_sets=[str(leak)], tasks=["cola"]), progress=False)
+    assert not _params(tmp_path, eval_prompt_sets=[str(leak)], tasks=["cola"]).data_dir.exists()
+    with pytest.raises(pairs.DataError, match="eval_holdout"):
+        pairs.load_or_build(_params(tmp_path, eval_holdout=5), progress=False)
