@@ -1,0 +1,146 @@
+"""Figures of the analyses in one seaborn style, saved as PNG and PDF with the CSV behind each.
+
+Colours are fixed per perturbation group and per model role, so a group or a model looks the same in every figure.
+Names say what a figure shows and which paper figure or table it corresponds to (``fig4_umap_cola``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from coinlib.report import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES  # noqa: E402
+
+GROUP_COLORS = {
+    "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
+    "semantic": "#9467bd", "average": "#222222",
+}
+GROUP_LABELS = {
+    "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
+    "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
+}
+ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
+SOURCE_LABELS = {"paper": "paper", "ours": "ours"}
+
+
+def use_style() -> None:
+    """The one style of every figure of the project."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1,
+                  rc={"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "axes.titleweight": "bold"})
+
+
+def source_title(source: str, model: str) -> str:
+    """Panel title naming whose numbers these are and the model (scale) they come from."""
+    return f"{SOURCE_LABELS.get(source, source)}: {model}"
+
+
+def save_figure(fig: plt.Figure, data: pd.DataFrame, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name``.png, .pdf and .csv (the data drawn) into ``out_dir``, each atomically; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        paths.append(_atomic(out_dir / f"{name}.{ext}", lambda tmp, ext=ext: fig.savefig(tmp, format=ext)))
+    paths.append(_atomic(out_dir / f"{name}.csv", lambda tmp: data.to_csv(tmp, index=False)))
+    return paths
+
+
+def save_table(table: pd.DataFrame, out_dir: str | Path, name: str, markdown: str | None = None) -> list[Path]:
+    """Write ``name``.csv and, when given, ``name``.md atomically; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [_atomic(out_dir / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))]
+    if markdown is not None:
+        paths.append(_atomic(out_dir / f"{name}.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")))
+    return paths
+
+
+def _atomic(path: Path, write) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
+    """Table 1 as bars: accuracy per category and model role, error bars = std over instructions; one panel per source."""
+    use_style()
+    rows = comparison[comparison["role"].isin(ROLE_LABELS)]
+    panels = list(dict.fromkeys(zip(rows["source"], rows["model"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), sharey=True, squeeze=False)
+    roles = [r for r in ROLE_LABELS if r in set(rows["role"])]
+    cats = [c for c in TASK_CATEGORIES if c in set(rows["category"])]
+    width = 0.8 / max(len(roles), 1)
+    for ax, (source, model) in zip(axes[0], panels):
+        sub = rows[(rows["source"] == source) & (rows["model"] == model)].set_index(["role", "category"])
+        for i, role in enumerate(roles):
+            vals = [sub.loc[(role, c)] if (role, c) in sub.index else None for c in cats]
+            x = np.arange(len(cats)) + (i - (len(roles) - 1) / 2) * width
+            acc = [100 * v["mean_acc"] if v is not None else np.nan for v in vals]
+            err = [100 * v["std_acc"] if v is not None else np.nan for v in vals]
+            ax.bar(x, acc, width, yerr=err, capsize=3, color=ROLE_COLORS[role], label=ROLE_LABELS[role])
+        ax.set_xticks(np.arange(len(cats)), [CATEGORY_LABELS[c].replace(" ", "\n", 1) for c in cats])
+        ax.set_title(source_title(source, model))
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("accuracy (%), bars ± std over instructions")
+    axes[0][-1].legend(loc="lower right", frameon=True)
+    fig.suptitle("Accuracy by task category (paper Table 1)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lambda_ablation(comparison: pd.DataFrame) -> plt.Figure:
+    """Figure 5: accuracy and std by lambda (log scale) per perturbation group; rows = paper and ours."""
+    use_style()
+    panels = list(dict.fromkeys(zip(comparison["source"], comparison["model"])))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.3 * len(panels)), squeeze=False, sharex=True)
+    groups = [g for g in GROUP_COLORS if g in set(comparison["group"])]
+    for row, (source, model) in zip(axes, panels):
+        sub = comparison[(comparison["source"] == source) & (comparison["model"] == model)]
+        for ax, col, what in zip(row, ("mean_acc", "std_acc"), ("accuracy (%)", "std over instructions (%)")):
+            for g in groups:
+                line = sub[sub["group"] == g].sort_values("lambda")
+                ax.plot(line["lambda"], 100 * line[col], marker="o", color=GROUP_COLORS[g], label=GROUP_LABELS[g],
+                        lw=2.4 if g == "average" else 1.4, ls="-" if g == "average" else "--")
+            ax.set_xscale("log")
+            ax.set_ylabel(what)
+            ax.set_title(f"{source_title(source, model)}: {what.split(' ')[0]}")
+    for ax in axes[-1]:
+        ax.set_xlabel("λ (upper bound of the contrastive weight)")
+    axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("COIN by λ (paper Figure 5 / Table 4)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
+    """Figure 4: UMAP of last-token representations coloured by perturbation group, one panel per role (CIT, COIN).
+
+    ``points``: output of :func:`coinlib.represent.umap_points`; ``model``: base model name, for the titles.
+    """
+    use_style()
+    panels = list(dict.fromkeys(zip(points["role"], points["run"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
+    groups = [g for g in GROUP_COLORS if g in set(points["group"])]
+    for ax, (role, run) in zip(axes[0], panels):
+        sub = points[(points["role"] == role) & (points["run"] == run)]
+        for g in groups:
+            pts = sub[sub["group"] == g]
+            ax.scatter(pts["umap_x"], pts["umap_y"], s=12, alpha=0.75, color=GROUP_COLORS[g], label=GROUP_LABELS[g],
+                       edgecolors="none")
+        ax.set_title(f"{ROLE_LABELS.get(role, role)}: {model}, run {run!r}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, markerscale=2)
+    fig.suptitle("Last-token representations of instruction variants (paper Figure 4)")
+    fig.tight_layout()
+    return fig
