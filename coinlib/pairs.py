@@ -123,7 +123,7 @@ def _read_rows(adapter: TaskAdapter, mirror: str | os.PathLike | None) -> list[t
     files = [(c, s) for c, s in adapter.mirror_files() if source.mirror_path(root, c, s).is_file()]
     if not files:
         wanted = ", ".join(f"{c or 'default'}/{s}" for c, s in adapter.mirror_files())
-        raise SourceUnavailable(f"no mirror file for {source.hub_id} ({wanted}) under {root / 'hf'}")
+        raise SourceUnavailable(f"no mirror file for {source.hub_id} ({wanted}) in the mirror's hf/ folder")
     # Same rows as load_split gives for a mirror file, without the round trip through Arrow.
     return [((c, s), read_jsonl(source.mirror_path(root, c, s))) for c, s in files]
 
