@@ -19,7 +19,6 @@ import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from coinlib.flan import (ADAPTERS, TASKS, Example, Exclusion, FlanTemplates, TaskAdapter, Template, load_templates,
                           render, render_example, usable_templates)
 from coinlib.sampling import EVAL_SAMPLE_SEED, EVAL_SPLITS, sample_indices
-from coinlib.sources import DATASETS, SourceUnavailable, load_json_artifact, load_split, read_jsonl, resolve_mirror
+from coinlib.sources import DATASETS, SourceUnavailable, load_split, read_jsonl, resolve_mirror
 
 if TYPE_CHECKING:
     import datasets
@@ -45,7 +44,6 @@ ALIASES: dict[str, list[str]] = {
 }
 COLUMNS = ["entry_id", "task", "category", "template_id", "pos_template_id", "instance_id", "neg_instance_id",
            "prompt", "target", "pos_prompt", "neg_prompt", "neg_target", "options"]
-META_KEYS = {"source", "license"}
 
 
 class DataError(ValueError):
@@ -278,16 +276,15 @@ def build_entries(pools: list[TaskPool], size: int, seed: int, replacement: bool
 
 # ------------------------------------------------------------------------------------------ leakage
 def eval_instructions(prompt_sets: Iterable[str], mirror: str | os.PathLike | None = "auto") -> list[tuple[str, str, str]]:
-    """``(set/group, task, instruction)`` for every instruction of the prompt sets (names or JSON file paths)."""
+    """``(set/group, task, instruction)`` for every instruction of the prompt sets (names or JSON/YAML paths).
+
+    Sets are read with :func:`coinlib.prompts.load_prompt_set`, exactly as the evaluation reads them.
+    """
+    from coinlib.prompts import load_prompt_set
+
     out = []
     for name in prompt_sets:
-        path = Path(name)
-        doc = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" and path.is_file() \
-            else load_json_artifact(name, mirror)
-        doc = doc.get("origin", doc)
-        for group, tasks in doc.items():
-            if group in META_KEYS or not isinstance(tasks, dict):
-                continue
+        for group, tasks in load_prompt_set(name, mirror).items():
             for task, texts in tasks.items():
                 out += [(f"{name}/{group}", task, t) for t in texts if isinstance(t, str) and t.strip()]
     if not out:

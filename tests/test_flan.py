@@ -128,3 +128,21 @@ def test_online_form_options_parsed_without_executing():
     assert flan_t.templates("bool_q")[0].target == "{answer}"
     with pytest.raises(FlanError, match="no FLAN templates under key 'cola'"):
         flan_t.templates("cola")
+
+
+def test_load_templates_online_form(monkeypatch):
+    source = "def _process_cola(example):\n  options = tf.constant(['unacceptable', 'acceptable'])\n"
+    doc = {"source": "FLAN@pinned", "origin": {"cola": [('Sentence: "{sentence}"\n{options_}', "{answer}")] * 2}}
+    monkeypatch.setattr(flan, "load_json_artifact", lambda name, mirror: doc)
+    monkeypatch.setattr(flan, "fetch_text", lambda origin: source)
+    got = flan.load_templates("hub")
+    assert got.options["cola"] == ["unacceptable", "acceptable"] and got.source == "FLAN@pinned"
+    ex = ADAPTERS["cola"].example({"sentence": "S", "label": 1, "idx": 0}, got.options["cola"], "c/0")
+    assert render_example(got.templates("cola")[0], ex) == ('Sentence: "S"\nOPTIONS:\n- unacceptable\n- acceptable',
+                                                          "acceptable")
+
+    def offline(origin):
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(flan, "fetch_text", offline)
+    assert flan.load_templates("hub").options["cola"] is None  # then adapters raise "no option texts"

@@ -157,3 +157,8 @@ def test_build_fails_on_leak_and_on_small_holdout(tmp_path):
     assert not _params(tmp_path, eval_prompt_sets=[str(leak)], tasks=["cola"]).data_dir.exists()
     with pytest.raises(pairs.DataError, match="eval_holdout"):
         pairs.load_or_build(_params(tmp_path, eval_holdout=5), progress=False)
+
+
+def test_hub_unreachable_is_a_named_skip(flan_templates):
+    got = pairs.load_pools(["cola"], "hub", 300, flan_templates)  # tests force HF_HUB_OFFLINE
+    assert not got.pools and got.skips[0].task == "cola" and "HF_HUB_OFFLINE" in got.skips[0].reason
