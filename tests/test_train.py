@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-
 import pandas as pd
 import pytest
 import torch
@@ -56,7 +53,7 @@ def test_smoke_trains_logs_and_saves_adapter(tmp_path, smol_tokenizer):
     assert any((P.run_dir / "tensorboard").iterdir())
 
 
-def _manual_loss(model, batch, k, P):
+def _manual_loss(model, batch, k):
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     labels = batch["labels"]
     ce = sum(F.cross_entropy(out.logits[s, :-1].reshape(-1, out.logits.shape[-1]), labels[s, 1:].reshape(-1),
@@ -65,9 +62,9 @@ def _manual_loss(model, batch, k, P):
     return ce, h
 
 
-@pytest.mark.parametrize("batching", ["paired", "in_batch"])
-def test_compute_loss_matches_hand_wiring(tmp_path, smol_tokenizer, batching):
-    P = make_params(tmp_path, batching=batching)
+@pytest.mark.parametrize("batching,gather", [("paired", False), ("in_batch", False), ("in_batch", True)])
+def test_compute_loss_matches_hand_wiring(tmp_path, smol_tokenizer, batching, gather):
+    P = make_params(tmp_path, batching=batching, gather_across_processes=gather)
     model, tok = train_mod.prepare_model(P, fresh_model(smol_tokenizer), smol_tokenizer)
     model.eval()  # no dropout: both computations see the same network
     enc = encode_entries(make_entries(3), tok, 64)
@@ -76,7 +73,7 @@ def test_compute_loss_matches_hand_wiring(tmp_path, smol_tokenizer, batching):
                                     data_collator=PairCollator(tok), coin=P.train)
     with torch.no_grad():
         got = trainer.compute_loss(model, batch)
-        ce, h = _manual_loss(model, batch, 3, P)
+        ce, h = _manual_loss(model, batch, 3)
     o, p, n = h[:3], h[3:6], h[6:]
     if batching == "paired":  # own positive vs own negative only
         ctr = 0.5 * sum(-F.log_softmax(torch.stack([F.cosine_similarity(a[i], b[i], 0), F.cosine_similarity(a[i], n[i], 0)])
@@ -181,36 +178,13 @@ def test_qlora_4bit_trains_on_cpu(tmp_path, tiny_dir):
     assert math.isfinite(pd.read_csv(P.run_dir / "train_log.csv")["loss"].iloc[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    from coinlib.loss import gather_embeddings
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    o_all, p_all, n_all = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)
-    sl = slice(2 * rank, 2 * rank + 2)
-    o, p, n = (t[sl].clone().requires_grad_() for t in (o_all, p_all, n_all))
-    go, offset = gather_embeddings(o)
-    gp, _ = gather_embeddings(p)
-    gn, _ = gather_embeddings(n)
-    loss = symmetric_info_nce(o, p, 0.05, gn, True, go, gp, offset)
-    torch.save({"offset": offset, "go": go.detach(), "gp": gp.detach(), "gn": gn.detach(), "loss": loss.detach()}, f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-
 def test_two_process_gather_keeps_positive_and_negative_order(tmp_path):
     """Each rank's anchors find their own positives in the gathered pool (gloo, 2 CPU processes)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    import gather_worker  # light module: the spawned processes import only torch and coinlib.loss
+
+    mp.spawn(gather_worker.run, args=(2, gather_worker.free_port(), str(tmp_path)), nprocs=2, join=True)
     r = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
     torch.manual_seed(0)
     o_all, p_all, n_all = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)
