@@ -134,6 +134,9 @@ class EvaluateParams(_Section):
     batch_size: int = Field(16, ge=1)
     adapters: list[str] = Field(default_factory=list, description="run names or adapter folders to evaluate")
     include_base: bool = Field(True, description="evaluate the base model too")
+    n_instructions: Optional[int] = Field(None, ge=1, description="first N instructions per group and task; None = all")
+    early_stop: bool = Field(True, description="generate: stop once every answer is decided (same predictions)")
+    n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the 95% interval of the mean accuracy")
 
 
 class AnalysisParams(_Section):
