@@ -1,0 +1,100 @@
+"""Generated prompt sets: the clean instructions of a set plus one variant of each per level.
+
+File format (JSON), as the evaluation reads prompt sets: ``{group: {task: [instruction, ...]}}`` with the
+metadata keys ``source`` and ``license`` and ``_meta``. ``_meta.clean_source`` mirrors the groups: the clean
+instruction each variant was made from, at the same position. ``_meta.rejected`` lists semantic rephrases
+that failed (their variant is left out, so a group may hold fewer instructions than ``clean``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tqdm.auto import tqdm
+
+from coinlib.perturb import GROUP_OF, LEVELS, RephraseRejected, perturb_instruction
+from coinlib.perturb.tokens import LABEL_WORDS
+
+log = logging.getLogger(__name__)
+META_KEYS = ("source", "license", "_meta")
+
+
+def variant_seed(seed: int, task: str, index: int) -> int:
+    """Seed of one variant: stable across processes and platforms (not Python's salted ``hash``)."""
+    return zlib.crc32(f"{seed}:{task}:{index}".encode())
+
+
+def clean_instructions(source: str | os.PathLike = "coin_eval_prompts", mirror: str | None = "auto",
+                       group: str = "clean") -> dict[str, list[str]]:
+    """``{task: instructions}`` of one group of a prompt set (artifact name or JSON file), label tasks only."""
+    from coinlib.sources import JSON_ARTIFACTS, load_json_artifact
+
+    if str(source) in JSON_ARTIFACTS:
+        data = load_json_artifact(str(source), mirror)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt set {source!r}: neither an artifact ({sorted(JSON_ARTIFACTS)}) "
+                                    "nor an existing JSON file")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    if group not in data:
+        raise KeyError(f"prompt set {source!r} has no group {group!r}; groups: "
+                       f"{[k for k in data if k not in META_KEYS]}")
+    return {t: list(v) for t, v in data[group].items() if t in LABEL_WORDS}
+
+
+def build_prompt_set(
+    clean: dict[str, list[str]],
+    levels: Iterable[str] = ("character", "word", "sentence"),
+    seed: int = 0,
+    budget: int = 4,
+    options: dict[str, dict[str, Any]] | None = None,
+    source_name: str = "coin_eval_prompts",
+    progress: Callable | None = tqdm,
+) -> dict[str, Any]:
+    """A prompt set with the ``clean`` group and one variant of every clean instruction per level.
+
+    ``options``: per-level keyword arguments for :func:`coinlib.perturb.perturb_instruction` (e.g.
+    ``{"word": {"synonyms": src}, "semantic": {"generate": gen}}``). Task label words are protected.
+    """
+    levels = list(levels)
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise ValueError(f"unknown levels {unknown}; choose from {LEVELS}")
+    options = options or {}
+    out: dict[str, Any] = {
+        "source": f"coinlib.perturb: levels {levels}, seed {seed}, budget {budget}, from {source_name} (clean)",
+        "license": "derived from the source prompt set; see its license",
+        "clean": {t: list(v) for t, v in clean.items()},
+    }
+    meta: dict[str, Any] = {"seed": seed, "budget": budget, "levels": levels, "groups": {},
+                            "clean_source": {}, "rejected": {}}
+    jobs = [(lv, t, i, s) for lv in levels for t, insts in clean.items() for i, s in enumerate(insts)]
+    for level, task, i, src in (progress(jobs, desc="perturb") if progress else jobs):
+        group = GROUP_OF[level]
+        meta["groups"][group] = level
+        try:
+            variant = perturb_instruction(src, level, seed=variant_seed(seed, task, i), task=task, budget=budget,
+                                          **options.get(level, {}))
+        except RephraseRejected as exc:
+            meta["rejected"].setdefault(group, {}).setdefault(task, []).append({"index": i, "reason": str(exc)})
+            continue
+        out.setdefault(group, {}).setdefault(task, []).append(variant)
+        meta["clean_source"].setdefault(group, {}).setdefault(task, []).append(src)
+    out["_meta"] = meta
+    return out
+
+
+def write_prompt_set(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a prompt set as JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
