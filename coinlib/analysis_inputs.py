@@ -142,10 +142,10 @@ def _not_evaluated(P: "Params", run: str, what: str) -> str:
             f"run {run!r} ({what}) has neither an adapter nor an evaluation. Train it with notebooks/02_train.ipynb "
             f"(run.name {run!r}), then evaluate it with notebooks/03_evaluate.ipynb (evaluate.adapters including {run!r})."
         )
+    looked = " or ".join(dict.fromkeys(_short(summary_path(P, r)) for r in (P.run.name, run)))
     return (
-        f"run {run!r} ({what}) was not evaluated: neither {_short(summary_path(P))} nor {_short(summary_path(P, run))} "
-        f"has a model labelled {run!r}. Run notebooks/03_evaluate.ipynb with evaluate.adapters including {run!r} "
-        f"(under run.name {P.run.name!r} or {run!r})."
+        f"run {run!r} ({what}) was not evaluated: no model labelled {run!r} in {looked}. Run "
+        f"notebooks/03_evaluate.ipynb with evaluate.adapters including {run!r} (under run.name {P.run.name!r} or {run!r})."
     )
 
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from coinlib.report import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES  # noqa: E402
+from coinlib.report import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
@@ -53,11 +50,11 @@ def save_figure(fig: plt.Figure, data: pd.DataFrame, out_dir: str | Path, name: 
     return paths
 
 
-def save_table(table: pd.DataFrame, out_dir: str | Path, name: str, markdown: str | None = None) -> list[Path]:
-    """Write ``name``.csv and, when given, ``name``.md atomically; return the paths."""
+def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markdown: str | None = None) -> list[Path]:
+    """Write ``name``.csv (unless ``table`` is None) and ``name``.md (when given) atomically; return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_atomic(out_dir / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))]
+    paths = [] if table is None else [_atomic(out_dir / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))]
     if markdown is not None:
         paths.append(_atomic(out_dir / f"{name}.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")))
     return paths
@@ -113,7 +110,7 @@ def plot_lambda_ablation(comparison: pd.DataFrame) -> plt.Figure:
                         lw=2.4 if g == "average" else 1.4, ls="-" if g == "average" else "--")
             ax.set_xscale("log")
             ax.set_ylabel(what)
-            ax.set_title(f"{source_title(source, model)}: {what.split(' ')[0]}")
+            ax.set_title(f"{source_title(source, model)} ({sub['n_tasks'].max()} tasks): {what.split(' ')[0]}")
     for ax in axes[-1]:
         ax.set_xlabel("λ (upper bound of the contrastive weight)")
     axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)

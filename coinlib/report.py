@@ -144,6 +144,13 @@ def ours_by_lambda(P: "Params") -> pd.DataFrame:
     return rows.rename(columns={"key": "lambda"}).astype({"lambda": float})
 
 
+def best_lambda(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per source, the lambda with the highest accuracy averaged over groups (the paper: 1000)."""
+    overall = comparison[comparison["group"] == ALL_GROUPS]
+    best = overall.loc[overall.groupby(["source", "model"], sort=False)["mean_acc"].idxmax()]
+    return best[["source", "model", "lambda", "mean_acc", "std_acc"]].reset_index(drop=True)
+
+
 def _with_delta(cats: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     """Append rows ``role = "coin - cit"`` with the differences of accuracy and std."""
     wide = cats.pivot_table(index=on, columns="role", values=["mean_acc", "std_acc"], sort=False)
@@ -196,7 +203,7 @@ def lambda_table(comparison: pd.DataFrame) -> pd.DataFrame:
     wide = cells.pivot_table(index=["lambda", "group"], columns="column", values="cell", aggfunc="first", sort=False)
     wide = wide.reset_index().rename_axis(columns=None)
     wide["lambda"] = wide["lambda"].map(lambda x: f"{x:g}")
-    return wide[["lambda", "group", *dict.fromkeys(cells["column"])]]
+    return wide[["lambda", "group", *dict.fromkeys(cells["column"])]].fillna("–")
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

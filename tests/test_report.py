@@ -111,9 +111,16 @@ def test_lambda_comparison_pools_tasks_then_groups():
     assert mine.loc["average", ["mean_acc", "std_acc"]].tolist() == pytest.approx([all_vals.mean(), all_vals.std()])
     paper = comp[comp["source"] == "paper"]
     assert set(paper["lambda"]) == set(PAPER_LAMBDAS) and set(paper["n_tasks"]) == {2}
+    best = report.best_lambda(comp).set_index("source")
+    assert best.loc["ours", "lambda"] == 10.0 and best.loc["paper", "lambda"] in PAPER_LAMBDAS
     wide = report.lambda_table(comp)
     assert list(wide.columns) == ["lambda", "group", "paper Alpaca-7B", "ours tiny"]
     assert wide.set_index(["lambda", "group"]).loc[("10", "clean"), "ours tiny"] == "70.0 ± 14.1"
+
+
+def test_paper_best_lambda_is_1000():
+    comp = report.lambda_comparison(_glue(4).query("model == 'coin'").assign(model="paper-as-ours"), "x")
+    assert report.best_lambda(comp).set_index("source")["lambda"].to_dict() == {"paper": 1000.0, "ours": 1000.0}
 
 
 def test_to_markdown_escapes_pipes():
