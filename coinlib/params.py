@@ -142,12 +142,15 @@ class EvaluateParams(_Section):
 class AnalysisParams(_Section):
     """Representation, task-category and lambda analyses."""
 
-    represent_task: str = "cola"
-    represent_n: int = Field(300, ge=2)
+    represent_task: str = Field("cola", description="evaluation task whose instances are represented (Figure 4)")
+    represent_n: int = Field(300, ge=2, description="instances represented (the evaluation's own sample of the task)")
     represent_instruction: int = Field(0, ge=0, description="index of the instruction within each group")
-    cit_run: Optional[str] = Field(None, description="run name of the CIT model")
+    umap_neighbors: int = Field(15, ge=2, description="UMAP n_neighbors (capped at the number of points - 1)")
+    cit_run: Optional[str] = Field(None, description="run name of the CIT model ('base' = the base model)")
     coin_run: Optional[str] = Field(None, description="run name of the COIN model")
-    lambda_runs: dict[str, str] = Field(default_factory=dict, description="lambda value -> run name")
+    lambda_runs: dict[str, str] = Field(
+        default_factory=dict, description="lambda value -> run name of the COIN model trained with it (Table 4 sweep)"
+    )
 
 
 class Params(_Section):
