@@ -348,6 +348,10 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
     caps = {p.name: p.adapter.paper_count for p in pools.pools} if P.data.task_caps == "table2" else None
     entries = build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement, caps, progress)
+    if P.data.extra_positive_levels:  # perturbed own template as extra positives (coinlib.perturb.training)
+        from coinlib.perturb.training import add_perturbed_positives
+
+        entries = add_perturbed_positives(entries, pools.pools, P.data.extra_positive_levels, P.run.seed)
     prompt_sets = list(dict.fromkeys([*P.data.eval_prompt_sets, P.evaluate.prompt_set]))
     check_leakage(entries, eval_instructions(prompt_sets, mirror))
     counts = task_counts(entries, pools)

@@ -84,6 +84,10 @@ class DataParams(_Section):
         300, ge=0, description="rows of the evaluation sample (coinlib.sampling) kept out of training pools "
         "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
     )
+    extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
+        default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
+        "is the entry's own template perturbed (beyond the paper); [] = template paraphrases only"
+    )
 
 
 class TrainParams(_Section):

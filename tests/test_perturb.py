@@ -174,6 +174,11 @@ def test_checklist_adds_a_seeded_10_char_alphanumeric_suffix_before_trailing_pun
     assert checklist_suffix(TEXT, seed=5) == out and checklist_suffix(TEXT, seed=6) != out
 
 
+def test_suffix_goes_before_trailing_placeholders():
+    assert checklist_suffix("Is it true?\n\n{options_}", seed=0).endswith("?\n\n{options_}")
+    assert re.fullmatch(r"Is it true [A-Za-z0-9]{10}\?\n\n\{options_\}", checklist_suffix("Is it true?\n\n{options_}"))
+
+
 def test_stresstest_adds_a_tautology_and_keeps_the_tail():
     out = stresstest_suffix("Classify the text. ", seed=0)
     assert out in ("Classify the text and true is true. ", "Classify the text and false is not true. ")

@@ -29,14 +29,16 @@ class RephraseRejected(RuntimeError):
 
 
 def required_terms(text: str, task: str | None = None, protected: Iterable[str] | None = None) -> list[str]:
-    """Terms a rephrase must keep: placeholders (verbatim), quoted spans (their words) and label words."""
+    """Terms a rephrase must keep: placeholders (verbatim), quoted spans (their text: answer options) and
+    label words; not the answer-format words (``answer``, ``respond``), which a rephrase may reword."""
     prot = resolve_protected(task, protected)
     out: list[str] = []
     for tok in tokenize(text, prot):
         if tok.kind != "protected":
             continue
-        term = tok.text.strip("'\"") if tok.text[:1] in "'\"" else tok.text
-        if term.lower() in FORMAT_WORDS or term.startswith("###"):
+        quoted = tok.text[:1] in "'\""
+        term = tok.text.strip("'\"") if quoted else tok.text
+        if (term.lower() in FORMAT_WORDS and not quoted) or term.startswith("###"):
             continue
         if term.lower() not in (t.lower() for t in out):
             out.append(term)
@@ -63,8 +65,8 @@ def clean_output(raw: str, source: str) -> str:
     line = _PREFIX_RE.sub("", line).strip()
     if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'" and line.count(line[0]) == 2:
         line = line[1:-1].strip()
-    body, _ = split_tail(line)
-    _, tail = split_tail(source)
+    body, _ = split_tail(line, placeholders=False)
+    _, tail = split_tail(source, placeholders=False)
     return body + tail if body else ""
 
 
@@ -89,7 +91,7 @@ def rephrase(
     """A rephrase of ``text`` keeping its required terms; ``tries`` seeded samples, else :class:`RephraseRejected`."""
     generate = generate or model_rephraser()
     terms = required_terms(text, task, protected)
-    body, _ = split_tail(text)
+    body, _ = split_tail(text, placeholders=False)
     request = REPHRASE_REQUEST.format(terms=", ".join(terms) or "(none)", body=body)
     reasons = []
     for attempt in range(tries):

@@ -3,7 +3,8 @@
 CheckList (as the paper's fixed set does it): a seeded random string of 10 letters and digits.
 StressTest: tautologies such as "and true is true", which add length without meaning.
 The suffix goes before the instruction's trailing punctuation and spaces (``... 'negative' X: `` stays
-``... 'negative' <suffix>: ``), so whatever the evaluation appends after the instruction is unchanged.
+``... 'negative' <suffix>: ``) and any trailing placeholders (a FLAN template's ``{options_}``), so
+whatever follows the instruction is unchanged.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import re
 import string
 
 TAUTOLOGIES = ("and true is true", "and false is not true")
-_TAIL_RE = re.compile(r"[\s:.!?;,]*$")
+_TAIL_RE = re.compile(r"(?:[\s:.!?;,]|\{[^{}\n]*\})*$")
+_PUNCT_TAIL_RE = re.compile(r"[\s:.!?;,]*$")
 
 
-def split_tail(text: str) -> tuple[str, str]:
-    """``(body, tail)`` where ``tail`` is the trailing punctuation and whitespace."""
-    m = _TAIL_RE.search(text)
+def split_tail(text: str, placeholders: bool = True) -> tuple[str, str]:
+    """``(body, tail)`` where ``tail`` is the trailing punctuation and whitespace, and trailing placeholders
+    (``{options_}``) unless ``placeholders`` is False."""
+    m = (_TAIL_RE if placeholders else _PUNCT_TAIL_RE).search(text)
     return text[: m.start()], text[m.start():]
 
 
