@@ -281,9 +281,15 @@ def test_prompt_set_is_deterministic_and_records_sources(paper_prompts, tmp_path
     assert a == b and a["deepwordbug"] != c["deepwordbug"]
     for group in ("deepwordbug", "textfooler", "checklist"):
         assert {t: len(v) for t, v in a[group].items()} == {t: len(v) for t, v in clean.items()}
-        assert a["_meta"]["clean_source"][group] == clean
+        assert a["source"]["clean_source"][group] == clean
     path = write_prompt_set(a, tmp_path / "set.json")
     assert json.loads(path.read_text()) == a and not list(tmp_path.glob("*.tmp"))
+    from coinlib.prompts import load_prompt_set  # the evaluation reads it: groups only, metadata dropped
+
+    loaded = load_prompt_set(path)
+    assert {g: loaded[g][t] for g in ("clean", "checklist") for t in ("sst2",)} == \
+           {g: a[g]["sst2"] for g in ("clean", "checklist")}
+    assert "source" not in loaded and loaded["textfooler"]["mnli_matched"] == a["textfooler"]["mnli"]
 
 
 def test_prompt_set_leaves_out_rejected_rephrases_and_says_why():
@@ -291,8 +297,8 @@ def test_prompt_set_leaves_out_rejected_rephrases_and_says_why():
     gen = lambda prompt, seed: "Judge it as 'positive' or 'negative'." if "Say" in prompt else "Judge it."
     out = build_prompt_set(clean, ["semantic"], options={"semantic": {"generate": gen, "tries": 1}}, progress=None)
     assert out["semantic"]["sst2"] == ["Judge it as 'positive' or 'negative': "]
-    assert out["_meta"]["clean_source"]["semantic"]["sst2"] == [clean["sst2"][0]]
-    assert out["_meta"]["rejected"]["semantic"]["sst2"][0]["index"] == 1
+    assert out["source"]["clean_source"]["semantic"]["sst2"] == [clean["sst2"][0]]
+    assert out["source"]["rejected"]["semantic"]["sst2"][0]["index"] == 1
 
 
 def test_unknown_level_is_a_clear_error():

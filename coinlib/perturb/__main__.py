@@ -9,7 +9,7 @@ import argparse
 import logging
 
 from coinlib.perturb import LEVELS
-from coinlib.perturb.promptset import build_prompt_set, clean_instructions, write_prompt_set
+from coinlib.perturb.promptset import META_KEYS, build_prompt_set, clean_instructions, write_prompt_set
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         options["semantic"] = {"generate": model_rephraser(args.semantic_model)}
     data = build_prompt_set(clean, args.levels, args.seed, args.budget, options, source_name=str(args.source))
     path = write_prompt_set(data, args.out)
-    counts = {g: sum(map(len, v.values())) for g, v in data.items() if isinstance(v, dict) and g != "_meta"}
+    counts = {g: sum(map(len, v.values())) for g, v in data.items() if g not in META_KEYS}
     print(f"wrote {path}: instructions per group {counts}")
 
 

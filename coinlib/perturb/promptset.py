@@ -1,9 +1,10 @@
 """Generated prompt sets: the clean instructions of a set plus one variant of each per level.
 
-File format (JSON), as the evaluation reads prompt sets: ``{group: {task: [instruction, ...]}}`` with the
-metadata keys ``source`` and ``license`` and ``_meta``. ``_meta.clean_source`` mirrors the groups: the clean
-instruction each variant was made from, at the same position. ``_meta.rejected`` lists semantic rephrases
-that failed (their variant is left out, so a group may hold fewer instructions than ``clean``).
+File format (JSON), as the evaluation reads prompt sets (:func:`coinlib.prompts.load_prompt_set`):
+``{group: {task: [instruction, ...]}}`` plus the metadata keys ``license`` and ``source``. Here ``source`` is
+a mapping (provenance): generator, seed, budget, levels, ``clean_source`` (mirrors the groups: the clean
+instruction each variant was made from, at the same position) and ``rejected`` (semantic rephrases that
+failed; their variant is left out, so a group may hold fewer instructions than ``clean``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from coinlib.perturb import GROUP_OF, LEVELS, RephraseRejected, perturb_instruct
 from coinlib.perturb.tokens import LABEL_WORDS
 
 log = logging.getLogger(__name__)
-META_KEYS = ("source", "license", "_meta")
+META_KEYS = ("source", "license", "tasks")
 
 
 def variant_seed(seed: int, task: str, index: int) -> int:
@@ -67,13 +68,13 @@ def build_prompt_set(
     if unknown:
         raise ValueError(f"unknown levels {unknown}; choose from {LEVELS}")
     options = options or {}
+    meta: dict[str, Any] = {"generator": "coinlib.perturb", "from": f"{source_name} (clean)", "seed": seed,
+                            "budget": budget, "levels": levels, "groups": {}, "clean_source": {}, "rejected": {}}
     out: dict[str, Any] = {
-        "source": f"coinlib.perturb: levels {levels}, seed {seed}, budget {budget}, from {source_name} (clean)",
-        "license": "derived from the source prompt set; see its license",
+        "source": meta,
+        "license": f"derived from {source_name}; see its license",
         "clean": {t: list(v) for t, v in clean.items()},
     }
-    meta: dict[str, Any] = {"seed": seed, "budget": budget, "levels": levels, "groups": {},
-                            "clean_source": {}, "rejected": {}}
     jobs = [(lv, t, i, s) for lv in levels for t, insts in clean.items() for i, s in enumerate(insts)]
     for level, task, i, src in (progress(jobs, desc="perturb") if progress else jobs):
         group = GROUP_OF[level]
@@ -86,7 +87,6 @@ def build_prompt_set(
             continue
         out.setdefault(group, {}).setdefault(task, []).append(variant)
         meta["clean_source"].setdefault(group, {}).setdefault(task, []).append(src)
-    out["_meta"] = meta
     return out
 
 
