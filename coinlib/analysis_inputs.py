@@ -61,8 +61,12 @@ def load_summary(path: Path, run: str) -> pd.DataFrame:
 
 
 def require_adapter(P: "Params", run: str, what: str) -> Path:
-    """The adapter folder of ``run``; :class:`MissingInput` naming the training to run when it is absent."""
+    """The adapter folder of run ``run`` (or ``run`` itself when it is an adapter folder, as ``evaluate.adapters``
+    allows); :class:`MissingInput` naming the training to run when it is absent."""
     path = adapter_path(P, run)
+    folder = Path(run).expanduser()
+    if not (path / "adapter_config.json").is_file() and (folder / "adapter_config.json").is_file():
+        return folder.resolve()
     if not (path / "adapter_config.json").is_file():
         raise MissingInput(
             f"no adapter for {what} (expected {_short(path)}). Train it first: run notebooks/02_train.ipynb with a "

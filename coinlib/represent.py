@@ -182,4 +182,4 @@ def _load(P: "Params", adapter):
 
     torch.manual_seed(P.run.seed)
     model_params = P.model.model_copy(update={"adapter": str(adapter)}) if adapter else P.model
-    return load_model(model_params)
+    return load_model(model_params, device="cuda" if torch.cuda.is_available() else None)

@@ -108,14 +108,16 @@ def _params(root, mirror, **analysis):
 
 def test_extract_uses_each_runs_adapter(tiny_runs, mirror):
     P = _params(tiny_runs, mirror, cit_run="cit", coin_run="coin")
-    reps = represent.extract(P, roles={"base": "base", "cit": "cit", "coin": "coin", "again": "cit"})
-    assert reps.states.shape == (4 * 5 * 4, 64)  # roles x groups x instances, hidden size
-    assert reps.meta.groupby("role", sort=False).size().to_dict() == {"base": 20, "cit": 20, "coin": 20, "again": 20}
+    folder = str(tiny_runs / "runs" / "coin" / "adapter")  # an adapter folder works as well as a run name
+    reps = represent.extract(P, roles={"base": "base", "cit": "cit", "coin": "coin", "again": "cit", "folder": folder})
+    assert reps.states.shape == (5 * 5 * 4, 64)  # roles x groups x instances, hidden size
+    assert reps.meta.groupby("role", sort=False).size().to_dict() == {r: 20 for r in ["base", "cit", "coin", "again", "folder"]}
     cit, coin = reps.of("cit"), reps.of("coin")
     assert cit.meta["instance_id"].tolist() == coin.meta["instance_id"].tolist()
     assert not np.allclose(cit.states, coin.states)  # different adapters, different states
     assert not np.allclose(reps.of("base").states, cit.states)
     np.testing.assert_array_equal(reps.of("again").states, cit.states)  # same run: computed once, reused
+    np.testing.assert_allclose(reps.of("folder").states, coin.states, atol=1e-5)
 
 
 def test_extract_without_adapter_says_to_train_first(tiny_runs, mirror):
