@@ -205,6 +205,7 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
     ckpt_dir = Path(args.output_dir)
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if last:
+        check_resumable(P)
         log.info("resuming from %s", last)
     P.run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(P.run_dir / "params.yaml", P.to_yaml())
@@ -213,6 +214,31 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
         write_log(trainer.state.log_history, P.run_dir / "train_log.csv")
         return save_adapter(trainer.model, P.run_dir / "adapter", P)
     return P.run_dir / "adapter"
+
+
+#: Settings that may change between a run and its resumption (they do not change what is trained).
+RESUME_FREE = {"logging_steps", "save_steps", "save_total_limit", "report_to", "max_steps", "epochs"}
+
+
+def check_resumable(P: Params) -> None:
+    """Refuse to resume checkpoints written with other model, data or training settings."""
+    from coinlib.params import load_params
+
+    saved_path = P.run_dir / "params.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_params(saved_path)
+    diffs = [f"model.{k}" for k, v in P.model.model_dump().items() if saved.model.model_dump()[k] != v]
+    diffs += [f"data.{k}" for k, v in P.data.model_dump().items() if saved.data.model_dump()[k] != v]
+    diffs += [f"train.{k}" for k, v in P.train.model_dump().items()
+              if k not in RESUME_FREE and saved.train.model_dump()[k] != v]
+    if saved.run.seed != P.run.seed:
+        diffs.append("run.seed")
+    if diffs:
+        raise ValueError(
+            f"{P.run_dir} holds checkpoints trained with different {', '.join(diffs)}. Fix: use a new run.name, "
+            f"or delete {P.run_dir / 'checkpoints'} to start over."
+        )
 
 
 def train(P: Params) -> Path:

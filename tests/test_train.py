@@ -194,3 +194,34 @@ def test_two_process_gather_keeps_positive_and_negative_order(tmp_path):
     # the mean of the per-rank losses is the single-process loss over all 4 anchors
     full = symmetric_info_nce(o_all, p_all, 0.05, n_all)
     assert ((r[0]["loss"] + r[1]["loss"]) / 2).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+SWEEP = [1, 10, 100, 1000, 10000, 100000000]
+
+
+def test_training_params_files():
+    from coinlib.params import PARAMS_DIR
+
+    base = load_params(PARAMS_DIR / "paper-alpaca7b.yaml")
+    assert (base.train.learning_rate, base.train.batch_size, base.train.cutoff_len) == (1e-4, 64, 256)
+    assert (base.train.temperature, base.train.lambda_, base.model.adapter) == (0.05, 1000, "tloen/alpaca-lora-7b")
+    assert (base.model.lora.r, base.model.lora.alpha, base.model.lora.dropout) == (16, 16, 0.05)
+    dump = base.model_dump(exclude={"run", "train"})
+    for lam in SWEEP:
+        P = load_params(PARAMS_DIR / f"lambda{lam}.yaml")
+        assert P.run.name == f"lambda{lam}" and P.train.lambda_ == lam
+        assert P.model_dump(exclude={"run", "train"}) == dump
+        assert P.train.model_copy(update={"lambda_": base.train.lambda_}) == base.train
+    cit = load_params(PARAMS_DIR / "cit.yaml")
+    assert not cit.train.contrastive and cit.train.model_copy(update={"contrastive": True}) == base.train
+    mini, mini_cit = load_params(PARAMS_DIR / "cpu-mini.yaml"), load_params(PARAMS_DIR / "cpu-mini-cit.yaml")
+    assert mini.model.name == "smollm2-135m-instruct" and mini.data == mini_cit.data and mini.data_dir == mini_cit.data_dir
+    assert not mini_cit.train.contrastive and mini_cit.train.model_copy(update={"contrastive": True}) == mini.train
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, smol_tokenizer):
+    P = make_params(tmp_path, max_steps=2)
+    train_mod.train_on(P, make_entries(4), fresh_model(smol_tokenizer), smol_tokenizer)
+    changed = make_params(tmp_path, max_steps=2, learning_rate=5e-4)
+    with pytest.raises(ValueError, match="different train.learning_rate.*new run.name"):
+        train_mod.train_on(changed, make_entries(4), fresh_model(smol_tokenizer), smol_tokenizer)
