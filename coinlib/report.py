@@ -104,6 +104,9 @@ def category_comparison(ours: pd.DataFrame, our_model: str, paper: pd.DataFrame 
     ones); they are matched to the tasks and groups ours covers, so with full coverage they give the paper's Table 1.
     Columns: source (paper/ours), model (name and scale), role, category, mean_acc, std_acc, tasks, n_groups.
     """
+    if not ours["task"].map(category_of).notna().any():
+        raise ValueError(f"none of the evaluated tasks ({', '.join(sorted(set(ours['task'])))}) is in a Table 5 "
+                         f"category ({', '.join(t for ts in TASK_CATEGORIES.values() for t in ts)}); evaluate one")
     paper = _paper_glue(3) if paper is None else paper
     paper = matched_to(paper[paper["model"].isin(["cit", "coin"])].assign(role=paper["model"]), ours)
     parts = []

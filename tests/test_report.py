@@ -93,6 +93,8 @@ def test_category_comparison_matches_paper_to_our_coverage_and_adds_delta():
     assert comp.loc[("paper", "coin - cit"), ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.013, -0.017])
     assert comp.loc[("ours", "coin - cit"), ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.25, -0.05])
     assert set(comp["model"]) == {"Alpaca-7B", "tiny-model"}
+    with pytest.raises(ValueError, match=r"none of the evaluated tasks \(boolq\)"):
+        report.category_comparison(ours.assign(task="boolq"), "tiny-model")
     table = report.category_table(comp.reset_index())
     assert table.loc[0, "ours tiny-model: CIT"] == "50.0 ± 10.0"
     assert table.loc[0, "ours tiny-model: Δ (COIN − CIT)"] == "+25.0 / -5.0"
