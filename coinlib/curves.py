@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from coinlib.figures import save_figure, use_style
 
@@ -36,6 +37,7 @@ def plot_training_curves(log: pd.DataFrame, title: str = "") -> plt.Figure:
         else:
             ax.text(0.5, 0.5, "contrastive term off (CIT)", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=label, xlabel="step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -225,3 +225,14 @@ def test_resuming_with_other_settings_is_refused(tmp_path, smol_tokenizer):
     changed = make_params(tmp_path, max_steps=2, learning_rate=5e-4)
     with pytest.raises(ValueError, match="different train.learning_rate.*new run.name"):
         train_mod.train_on(changed, make_entries(4), fresh_model(smol_tokenizer), smol_tokenizer)
+
+
+def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
+    P = make_params(tmp_path, model={"name": "smollm2-135m-instruct", "gradient_checkpointing": True},
+                    mixed_precision="bf16", max_steps=1)
+    model = fresh_model(smol_tokenizer)
+    out = train_mod.train_on(P, make_entries(4), model, smol_tokenizer)
+    assert model.model.gradient_checkpointing  # the decoder recomputed activations in backward
+    log = pd.read_csv(P.run_dir / "train_log.csv")
+    assert log[["loss", "loss_ent", "loss_ctr"]].map(math.isfinite).all().all()
+    assert any(v.abs().sum() > 0 for k, v in adapter_weights(out).items() if "lora_B" in k)
