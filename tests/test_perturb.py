@@ -210,6 +210,16 @@ def test_rephrase_raises_with_reasons_when_every_sample_fails():
         rephrase("Say 'positive' or 'negative'.", generate=lambda p, s: "say 'positive' or 'negative'.", tries=1)
 
 
+def test_rephrase_rejects_off_task_outputs_given_a_similarity():
+    text = "Say 'positive' or 'negative': "
+    outputs = iter(["I am happy to help, 'positive' or 'negative'.", "Tell if it is 'positive' or 'negative'."])
+    sim = lambda a, others: [0.9 if o.startswith("Tell") else 0.2 for o in others]
+    assert rephrase(text, generate=lambda p, s: next(outputs), similarity=sim, tries=2) == \
+        "Tell if it is 'positive' or 'negative': "
+    with pytest.raises(RephraseRejected, match="similarity 0.20"):
+        rephrase(text, generate=lambda p, s: "I am happy to help, 'positive' or 'negative'.", similarity=sim, tries=1)
+
+
 def test_clean_output_takes_first_line_and_keeps_source_tail():
     assert clean_output('\n"Judge the tone."\nExtra line', "Classify the tone: ") == "Judge the tone: "
 

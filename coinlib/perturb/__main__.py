@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--group", default="clean", help="group of the source holding the clean instructions")
     ap.add_argument("--tasks", nargs="*", default=None, help="tasks to keep (default: every task with labels)")
     ap.add_argument("--semantic-model", default="smollm2-135m-instruct", help="instruction model for rephrasing")
+    ap.add_argument("--semantic-tries", type=int, default=6, help="samples per instruction before giving up")
+    ap.add_argument("--no-similarity", action="store_true",
+                    help="semantic level: skip the MiniLM similarity check (keeps only the protected-term check)")
     ap.add_argument("--mirror", default="auto", help="data mirror root ('auto', a folder, or 'hub')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -35,8 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     options = {}
     if "semantic" in args.levels:
         from coinlib.perturb.semantic import model_rephraser
+        from coinlib.perturb.synonyms import default_synonyms
 
-        options["semantic"] = {"generate": model_rephraser(args.semantic_model)}
+        options["semantic"] = {"generate": model_rephraser(args.semantic_model), "tries": args.semantic_tries}
+        if not args.no_similarity:
+            options["semantic"]["similarity"] = default_synonyms().similarities
     data = build_prompt_set(clean, args.levels, args.seed, args.budget, options, source_name=str(args.source))
     path = write_prompt_set(data, args.out)
     counts = {g: sum(map(len, v.values())) for g, v in data.items() if g not in META_KEYS}

@@ -2,8 +2,8 @@
 
 The generator is a parameter (any ``(prompt, seed) -> text`` callable); :func:`model_rephraser` builds one
 from a causal LM name (default the offline SmolLM2-135M-Instruct). An output is rejected, and another sample
-drawn, when it is empty, repeats the source, or drops a required term: a placeholder, a quoted span or a
-label word of the source.
+drawn, when it is empty, repeats the source, drops a required term (a placeholder, a quoted span or a
+label word of the source) or, given a sentence-similarity function, strays too far from the source.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from coinlib.perturb.sentence import split_tail
 from coinlib.perturb.tokens import FORMAT_WORDS, resolve_protected, tokenize
 
 Generator = Callable[[str, int], str]
+Similarity = Callable[[str, list[str]], list[float]]  # (text, others) -> similarity of each to text
 
 REPHRASE_REQUEST = (
-    "Rephrase the following instruction with different words but the same meaning. "
-    "Keep these words exactly as they are: {terms}. Reply with the rephrased instruction only.\n\n"
-    "Instruction: {body}"
+    "Rephrase the instruction with different words but the same meaning. Keep these words exactly as they are: "
+    "{terms}. Reply with the rephrased instruction only.\n\n"
+    "Example:\nInstruction: Read the review and say whether it is 'good' or 'bad'\n"
+    "Rephrased: Decide if the review is 'good' or 'bad' after reading it\n\n"
+    "Instruction: {body}\nRephrased:"
 )
 _PREFIX_RE = re.compile(r"^(?:rephrased(?: instruction)?|instruction|here is[^:]*|sure[^:]*)\s*:\s*", re.I)
 
@@ -70,14 +73,22 @@ def clean_output(raw: str, source: str) -> str:
     return body + tail if body else ""
 
 
-def rejection_reason(source: str, candidate: str, terms: Iterable[str]) -> str | None:
-    """Why ``candidate`` is not an acceptable rephrase of ``source`` (None when it is)."""
+def rejection_reason(source: str, candidate: str, terms: Iterable[str], similarity: Similarity | None = None,
+                     min_similarity: float = 0.7) -> str | None:
+    """Why ``candidate`` is not an acceptable rephrase of ``source`` (None when it is). With ``similarity``
+    (e.g. the MiniLM source's), an output less similar to the source than ``min_similarity`` is off-task."""
     if not candidate.strip():
         return "empty output"
     if " ".join(candidate.lower().split()) == " ".join(source.lower().split()):
         return "same as the source"
     missing = missing_terms(candidate, terms)
-    return f"drops required terms {missing}" if missing else None
+    if missing:
+        return f"drops required terms {missing}"
+    if similarity is not None:
+        sim = similarity(source, [candidate])[0]
+        if sim < min_similarity:
+            return f"similarity {sim:.2f} to the source is below {min_similarity}"
+    return None
 
 
 def rephrase(
@@ -87,8 +98,11 @@ def rephrase(
     task: str | None = None,
     protected: Iterable[str] | None = None,
     tries: int = 4,
+    similarity: Similarity | None = None,
+    min_similarity: float = 0.7,
 ) -> str:
-    """A rephrase of ``text`` keeping its required terms; ``tries`` seeded samples, else :class:`RephraseRejected`."""
+    """A rephrase of ``text`` keeping its required terms (and, with ``similarity``, its meaning);
+    ``tries`` seeded samples, else :class:`RephraseRejected`."""
     generate = generate or model_rephraser()
     terms = required_terms(text, task, protected)
     body, _ = split_tail(text, placeholders=False)
@@ -96,7 +110,7 @@ def rephrase(
     reasons = []
     for attempt in range(tries):
         candidate = clean_output(generate(request, seed * 1000 + attempt), text)
-        reason = rejection_reason(text, candidate, terms)
+        reason = rejection_reason(text, candidate, terms, similarity, min_similarity)
         if reason is None:
             return candidate
         reasons.append(f"{candidate[:60]!r}: {reason}")
