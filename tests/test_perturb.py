@@ -220,6 +220,15 @@ def test_rephrase_rejects_off_task_outputs_given_a_similarity():
         rephrase(text, generate=lambda p, s: "I am happy to help, 'positive' or 'negative'.", similarity=sim, tries=1)
 
 
+@pytest.mark.slow
+def test_model_rephraser_is_seeded():
+    from coinlib.perturb.semantic import model_rephraser
+
+    gen = model_rephraser(max_new_tokens=6)
+    request = "Rephrase: Say if the review is 'good' or 'bad'."
+    assert gen(request, 3) == gen(request, 3) and isinstance(gen(request, 4), str)
+
+
 def test_clean_output_takes_first_line_and_keeps_source_tail():
     assert clean_output('\n"Judge the tone."\nExtra line', "Classify the tone: ") == "Judge the tone: "
 

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 from coinlib.perturb import character, word
 from coinlib.perturb.importance import Scorer
 from coinlib.perturb.synonyms import SynonymSource, default_synonyms
-from coinlib.perturb.tokens import Token, editable_positions, random_order, render, resolve_protected, tokenize
+from coinlib.perturb.tokens import Token, edit_plan, render
 
 ATTACK_LEVELS = ("character", "word")
 
@@ -49,14 +49,9 @@ def greedy_attack(
     """
     if level not in ATTACK_LEVELS:
         raise ValueError(f"attack level must be one of {ATTACK_LEVELS}, got {level!r}")
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1 word, got {budget}")
+    tokens, order, prot = edit_plan(text, seed, task, protected, order, budget)
     if level == "word":
         synonyms = synonyms or default_synonyms()
-    prot = resolve_protected(task, protected)
-    tokens = tokenize(text, prot)
-    editable = set(editable_positions(tokens))
-    order = random_order(sorted(editable), f"order:{seed}") if order is None else [i for i in order if i in editable]
     rng = random.Random(f"attack:{level}:{seed}")
     current = list(tokens)
     best = clean = score(text)

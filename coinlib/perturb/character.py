@@ -7,7 +7,7 @@ import random
 import string
 from typing import Iterable, Sequence
 
-from coinlib.perturb.tokens import Token, editable_positions, random_order, render, resolve_protected, tokenize
+from coinlib.perturb.tokens import Token, edit_plan, render
 
 OPERATIONS = ("swap", "substitute", "delete", "insert")
 
@@ -52,21 +52,11 @@ def word_candidates(word: str, rng: random.Random, n: int = 4) -> list[str]:
     return out
 
 
-def perturb_characters(
-    text: str,
-    seed: int = 0,
-    budget: int = 4,
-    task: str | None = None,
-    protected: Iterable[str] | None = None,
-    order: Sequence[int] | None = None,
-) -> str:
+def perturb_characters(text: str, seed: int = 0, budget: int = 4, task: str | None = None,
+                       protected: Iterable[str] | None = None, order: Sequence[int] | None = None) -> str:
     """DeepWordBug-style variant of ``text``: one random character operation in each of the first ``budget``
     editable words of ``order`` (token indices, most important first; default a seeded random order)."""
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1 word, got {budget}")
-    tokens = tokenize(text, resolve_protected(task, protected))
-    editable = set(editable_positions(tokens))
-    order = random_order(sorted(editable), f"order:{seed}") if order is None else [i for i in order if i in editable]
+    tokens, order, _ = edit_plan(text, seed, task, protected, order, budget)
     rng = random.Random(f"character:{seed}")
     out = list(tokens)
     for i in order[:budget]:

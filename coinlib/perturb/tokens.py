@@ -114,6 +114,20 @@ def random_order(positions: Sequence[int], seed: int | str) -> list[int]:
     return order
 
 
+def edit_plan(text: str, seed: int | str, task: str | None = None, protected: Iterable[str] | None = None,
+              order: Sequence[int] | None = None, budget: int = 1) -> tuple[list[Token], list[int], frozenset[str]]:
+    """``(tokens, order, protected)`` for a word-by-word perturbation: ``order`` keeps the editable indices of
+    the given order (most important first), or is a seeded random order of them when None."""
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1 word, got {budget}")
+    prot = resolve_protected(task, protected)
+    tokens = tokenize(text, prot)
+    editable = editable_positions(tokens)
+    if order is None:
+        return tokens, random_order(editable, f"order:{seed}"), prot
+    return tokens, [i for i in order if i in set(editable)], prot
+
+
 def match_case(template: str, word: str) -> str:
     """``word`` with the capitalisation pattern of ``template`` (lower, Title or UPPER)."""
     if template.isupper() and len(template) > 1:

@@ -7,8 +7,7 @@ import random
 from typing import Iterable, Sequence
 
 from coinlib.perturb.synonyms import SynonymSource, default_synonyms
-from coinlib.perturb.tokens import (Token, editable_positions, match_case, random_order, render,
-                                    resolve_protected, tokenize)
+from coinlib.perturb.tokens import Token, edit_plan, match_case, render
 
 
 def word_candidates(word: str, synonyms: SynonymSource, n: int = 4, protected: Iterable[str] = ()) -> list[str]:
@@ -17,18 +16,10 @@ def word_candidates(word: str, synonyms: SynonymSource, n: int = 4, protected: I
     return [match_case(word, c) for c in synonyms(word, n) if c.lower() not in prot]
 
 
-def perturb_words(
-    text: str,
-    seed: int = 0,
-    budget: int = 4,
-    task: str | None = None,
-    protected: Iterable[str] | None = None,
-    order: Sequence[int] | None = None,
-    synonyms: SynonymSource | None = None,
-    top_k: int = 2,
-    n_candidates: int = 8,
-    min_similarity: float = 0.85,
-) -> str:
+def perturb_words(text: str, seed: int = 0, budget: int = 4, task: str | None = None,
+                  protected: Iterable[str] | None = None, order: Sequence[int] | None = None,
+                  synonyms: SynonymSource | None = None, top_k: int = 2, n_candidates: int = 8,
+                  min_similarity: float = 0.85) -> str:
     """TextFooler-style variant of ``text``.
 
     Walks ``order`` (token indices, most important first; default a seeded random order) and replaces each
@@ -38,14 +29,9 @@ def perturb_words(
     pick among the best ``top_k`` is kept; otherwise the pick is among the first ``top_k`` synonyms. Words
     without an acceptable synonym are skipped, so fewer than ``budget`` words may change.
     """
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1 word, got {budget}")
+    tokens, order, prot = edit_plan(text, seed, task, protected, order, budget)
     synonyms = synonyms or default_synonyms()
     similarities = getattr(synonyms, "similarities", None)
-    prot = resolve_protected(task, protected)
-    tokens = tokenize(text, prot)
-    editable = set(editable_positions(tokens))
-    order = random_order(sorted(editable), f"order:{seed}") if order is None else [i for i in order if i in editable]
     rng = random.Random(f"word:{seed}")
     out, changed = list(tokens), 0
     for i in order:
