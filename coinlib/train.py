@@ -209,7 +209,17 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
         log.info("resuming from %s", last)
     P.run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(P.run_dir / "params.yaml", P.to_yaml())
-    trainer.train(resume_from_checkpoint=last)
+    if last and _finished(P, Path(last)):
+        # The Trainer would run one more step when resumed at the end: restore the final checkpoint instead.
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers.trainer_callback import TrainerState
+
+        set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
+        trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+        log.info("run %s already finished at %s; re-saving its adapter", P.run.name, last)
+    else:
+        trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():
         write_log(trainer.state.log_history, P.run_dir / "train_log.csv")
         return save_adapter(trainer.model, P.run_dir / "adapter", P)
@@ -239,6 +249,15 @@ def check_resumable(P: Params) -> None:
             f"{P.run_dir} holds checkpoints trained with different {', '.join(diffs)}. Fix: use a new run.name, "
             f"or delete {P.run_dir / 'checkpoints'} to start over."
         )
+
+
+def _finished(P: Params, checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is the end of the run (``train.max_steps``, else the planned steps it recorded)."""
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    target = P.train.max_steps if P.train.max_steps > 0 else state.get("max_steps", 0)
+    return state.get("global_step", 0) >= target > 0
 
 
 def train(P: Params) -> Path:

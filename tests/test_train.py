@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import pandas as pd
 import pytest
 import torch
@@ -121,6 +122,12 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, smol_tokenizer):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
     ckpt2 = adapter_weights(full.run_dir / "checkpoints" / "checkpoint-2")
     assert any(not torch.allclose(a[k], ckpt2[k]) for k in a)  # steps 3-4 changed the weights
+    assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
+    # rerunning a finished run trains nothing more and keeps the adapter
+    shutil.rmtree(part.run_dir / "adapter")
+    train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer)
+    again = adapter_weights(part.run_dir / "adapter")
+    assert all(torch.equal(again[k], b[k]) for k in b)
     assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
 
 
