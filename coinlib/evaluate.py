@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from coinlib.glue import get_task, load_task
 from coinlib.metrics import summarize
