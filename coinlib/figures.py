@@ -89,7 +89,7 @@ def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
         ax.set_title(source_title(source, model))
         ax.set_ylim(0, 100)
     axes[0][0].set_ylabel("accuracy (%), bars ± std over instructions")
-    axes[0][-1].legend(loc="lower right", frameon=True)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.suptitle("Accuracy by task category (paper Table 1)")
     fig.tight_layout()
     return fig
