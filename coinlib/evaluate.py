@@ -255,17 +255,13 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    from coinlib.params import ParamsError, load_params
+    from coinlib.params import load_params_or_exit
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")
     ap.add_argument("--merge", action="store_true", help="only merge cached units into the tables")
     args = ap.parse_args(list(argv) if argv is not None else None)
-    try:
-        P = load_params(args.params_file)
-    except ParamsError as exc:
-        print(f"[coin] invalid parameters:\n{exc}", file=sys.stderr)
-        return 2
+    P = load_params_or_exit(args.params_file)
     tables = merge(P) if args.merge else run_evaluation(P)
     if tables is not None:
         print(tables.summary.to_string(index=False))

@@ -9,6 +9,7 @@ All six notebooks read the same file, so ``papermill NB out.ipynb -f params/X.ya
 from __future__ import annotations
 
 import difflib
+import sys
 import hashlib
 import json
 from pathlib import Path
@@ -257,6 +258,15 @@ def load_params(path: str | Path) -> Params:
     """Load and validate a parameter file."""
     path = Path(path)
     return validate(read_yaml(path), str(path), path.parent)
+
+
+def load_params_or_exit(path: str | Path) -> Params:
+    """:func:`load_params` for command-line entry points: an invalid file exits with status 2 and the message."""
+    try:
+        return load_params(path)
+    except ParamsError as exc:
+        print(f"[coin] invalid parameters:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters") -> Params:

@@ -2,6 +2,7 @@
 
     train(P)                      # data from coinlib.pairs, model from P.model; returns the adapter folder
     train_on(P, dataset, model)   # any contrastive dataset / preloaded model (tests, notebooks)
+    python -m coinlib.train params/X.yaml            # command line; `torchrun --nproc-per-node N -m ...` for DDP
 
 Per micro-batch of ``k`` entries the model runs once over originals, positives and hard negatives.
 L_ent = token-mean CE on the output tokens of the originals + the same for the positives (the reference code
@@ -300,3 +301,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build or load the data, train, print the adapter folder."""
+    import argparse
+
+    from coinlib.params import load_params_or_exit
+
+    ap = argparse.ArgumentParser(description="Train COIN (or CIT) as a parameter file says.")
+    ap.add_argument("params_file")
+    args = ap.parse_args(argv)
+    print(train(load_params_or_exit(args.params_file)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -41,3 +41,15 @@ def test_papermill_injected_values_are_validated_in_the_first_cell(tmp_path):
     failing = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     injected = [i for i, c in enumerate(code) if "injected-parameters" in c.metadata.get("tags", [])]
     assert failing == [injected[0] + 1]  # the first code cell after the injected parameters
+
+
+@pytest.mark.parametrize("module", ["coinlib.train", "coinlib.evaluate"])
+def test_stage_command_lines_reject_bad_files_with_status_2(module, tmp_path, capsys):
+    import importlib
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("evaluate: {n_per_task: none}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main([str(bad)])
+    assert exit_info.value.code == 2
+    assert "evaluate.n_per_task" in capsys.readouterr().err
