@@ -62,9 +62,12 @@ class Unit:
     task: str
     group: str
     instruction_id: int
+    instruction: str = ""
 
     def path(self, cache: Path) -> Path:
-        return cache / self.model / self.task / self.group / f"{self.instruction_id:03d}.parquet"
+        """Cache file; named by the instruction text's digest too, so an edited prompt set never reuses a result."""
+        digest = hashlib.sha256(self.instruction.encode()).hexdigest()[:10]
+        return cache / self.model / self.task / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
 
 
 @dataclass
@@ -99,7 +102,8 @@ def model_specs(P: "Params") -> list[ModelSpec]:
 def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]]) -> list[Unit]:
     """Every unit, in a fixed order (model, task, group, instruction)."""
     tasks = next(iter(prompts.values())).keys()
-    return [Unit(m.label, t, g, i) for m in specs for t in tasks for g in prompts for i in range(len(prompts[g][t]))]
+    return [Unit(m.label, t, g, i, text) for m in specs for t in tasks for g in prompts
+            for i, text in enumerate(prompts[g][t])]
 
 
 def shard(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
@@ -118,9 +122,21 @@ def settings_key(P: "Params", specs: list[ModelSpec]) -> str:
     """Short hash of everything that changes a prediction; cached units live under it, so changed settings start fresh."""
     e, m = P.evaluate, P.model
     fields = dict(model=m.name, revision=m.revision, dtype=m.dtype, load_in_4bit=m.load_in_4bit,
-                  adapters={s.label: s.adapter for s in specs}, prompt_set=e.prompt_set, n=e.n_per_task,
+                  adapters={s.label: [s.adapter, _weights_digest(s.adapter)] for s in specs}, n=e.n_per_task,
                   fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _weights_digest(adapter: str | None) -> str | None:
+    """Digest of an adapter's weights, so a retrained adapter in the same folder is evaluated afresh."""
+    if not adapter:
+        return None
+    h = hashlib.sha256()
+    for f in sorted(Path(adapter).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
 
 
 def eval_dir(P: "Params") -> Path:
@@ -165,7 +181,7 @@ def _evaluate_units(P, units, specs, prompts, data, cache, rank, scorer) -> None
             model, tokenizer = _load(P, by_model[label])
             for u in (u for u in units if u.model == label):
                 bar.set_postfix_str(f"{u.model}/{u.task}/{u.group}/{u.instruction_id}")
-                frame, instruction = data[u.task], prompts[u.group][u.task][u.instruction_id]
+                frame, instruction = data[u.task], u.instruction
                 scored = scorer(model, tokenizer, instruction, frame["content"].tolist(), get_task(u.task).labels,
                                 fmt=e.input_format, mode=e.scoring, batch_size=e.batch_size,
                                 max_new_tokens=e.max_new_tokens, early_stop=e.early_stop, progress=bar.update)

@@ -97,6 +97,34 @@ def test_changed_settings_do_not_reuse_results(tiny_dir, tmp_path, mirror):
     assert len(list((rank.run_dir / "eval" / "cache").iterdir())) == 2
 
 
+def test_edited_prompt_file_reevaluates_only_the_changed_instruction(tiny_dir, tmp_path, mirror):
+    prompts = {"clean": {"sst2": ["Classify the sentiment: ", "Is this positive or negative? "]}}
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(prompts))
+    P = validate(_values(tiny_dir, tmp_path, prompt_set=str(path), tasks=["sst2"], groups=["clean"]))
+    run_evaluation(P, rank=0, world_size=1)
+    prompts["clean"]["sst2"][1] = "Positive or negative? "
+    path.write_text(json.dumps(prompts))
+    calls: list[str] = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return score_instruction(*args, **kwargs)
+
+    preds = run_evaluation(P, rank=0, world_size=1, scorer=counting).predictions
+    assert calls == ["Positive or negative? "]
+    assert set(preds["instruction"]) == {"Classify the sentiment: ", "Positive or negative? "}
+
+
+def test_retrained_adapter_in_the_same_folder_is_not_served_from_cache(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
+    before = ev._weights_digest(str(adapter))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
+    assert ev._weights_digest(str(adapter)) != before and ev._weights_digest(None) is None
+
+
 def test_shards_are_disjoint_and_complete():
     units = [Unit("m", "t", "g", i) for i in range(11)]
     parts = [shard(units, r, 3) for r in range(3)]
