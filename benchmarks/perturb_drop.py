@@ -51,7 +51,7 @@ def main() -> None:
     prompts = combined_set(args.generated, args.tasks)
     P = validate({"run": {"name": args.name}, "model": {"name": args.model},
                   "evaluate": {"tasks": args.tasks, "n_per_task": args.n, "scoring": args.scoring, "adapters": [],
-                               "include_base": True, "groups": [g for g in prompts if g not in META_KEYS],
+                               "n_instructions": None, "include_base": True, "groups": [g for g in prompts if g not in META_KEYS],
                                "prompt_set": str(write_prompt_set(prompts, f"runs/{args.name}/prompt_set.json"))}})
     tables = run_evaluation(P)
     s = tables.summary
@@ -65,8 +65,9 @@ def main() -> None:
     per_task = s.pivot_table(index="task", columns="group", values="mean_acc")
     table.to_csv(P.run_dir / "eval" / "drop_table.csv", index=False)
     per_task.to_csv(P.run_dir / "eval" / "drop_table_per_task.csv")
+    counts = s.groupby("group")["n_instructions"].min().to_dict()
     print(f"model {args.model}, tasks {args.tasks}, {args.n} instances each, scoring {args.scoring}; "
-          "accuracy averaged over tasks (6 instructions each)")
+          f"accuracy averaged over tasks; instructions per task and group: {counts}")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(per_task.to_string(float_format=lambda x: f"{x:.3f}"))
 
