@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import pandas as pd
 from tqdm import tqdm
 
+from coinlib.fileio import atomic_write
 from coinlib.glue import get_task, load_task
 from coinlib.metrics import summarize
 from coinlib.prompts import load_prompt_set, select
@@ -256,18 +257,6 @@ def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = Non
     atomic_write(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
     return EvalTables(predictions, summary)
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -6,7 +6,6 @@ Names say what a figure shows and which paper figure or table it corresponds to 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from coinlib.fileio import atomic_write
 from coinlib.report import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES
 
 GROUP_COLORS = {
@@ -45,8 +45,8 @@ def save_figure(fig: plt.Figure, data: pd.DataFrame, out_dir: str | Path, name: 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
-        paths.append(_atomic(out_dir / f"{name}.{ext}", lambda tmp, ext=ext: fig.savefig(tmp, format=ext)))
-    paths.append(_atomic(out_dir / f"{name}.csv", lambda tmp: data.to_csv(tmp, index=False)))
+        paths.append(atomic_write(out_dir / f"{name}.{ext}", lambda tmp, ext=ext: fig.savefig(tmp, format=ext)))
+    paths.append(atomic_write(out_dir / f"{name}.csv", lambda tmp: data.to_csv(tmp, index=False)))
     return paths
 
 
@@ -54,17 +54,10 @@ def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markd
     """Write ``name``.csv (unless ``table`` is None) and ``name``.md (when given) atomically; return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [] if table is None else [_atomic(out_dir / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))]
+    paths = [] if table is None else [atomic_write(out_dir / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))]
     if markdown is not None:
-        paths.append(_atomic(out_dir / f"{name}.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")))
+        paths.append(atomic_write(out_dir / f"{name}.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")))
     return paths
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- plots

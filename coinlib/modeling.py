@@ -13,8 +13,6 @@ import torch
 from coinlib.sources import MODELS, cache_dir
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
     from coinlib.params import ModelParams
 
 log = logging.getLogger(__name__)

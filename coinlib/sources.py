@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coinlib.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "COIN_DATA_MIRROR"
@@ -238,9 +240,7 @@ def fetch_text(origin: GitHubFile, timeout: float = 30.0) -> str:
         return cached.read_text(encoding="utf-8")
     with urllib.request.urlopen(origin.url, timeout=timeout) as resp:  # noqa: S310 (pinned https URL)
         text = resp.read().decode("utf-8")
-    tmp = cached.with_suffix(cached.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(cached)
+    atomic_write_text(cached, text)
     return text
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from coinlib.fileio import atomic_write, atomic_write_text
 from coinlib.batching import IGNORE, PairCollator, PairSampler, encode_entries
 from coinlib.loss import coin_loss, gather_embeddings, symmetric_info_nce
 from coinlib.modeling import attach_lora, last_token_pool, load_model
@@ -209,7 +210,7 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
         check_resumable(P)
         log.info("resuming from %s", last)
     P.run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(P.run_dir / "params.yaml", P.to_yaml())
+    atomic_write_text(P.run_dir / "params.yaml", P.to_yaml())
     if last and _finished(P, Path(last)):
         # The Trainer would run one more step when resumed at the end: restore the final checkpoint instead.
         from peft import set_peft_model_state_dict
@@ -291,16 +292,8 @@ def write_log(history: list[dict[str, Any]], path: Path) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = math.nan
     df = df[LOG_COLUMNS + [c for c in df.columns if c not in LOG_COLUMNS]]
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     return df
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 from tqdm.auto import tqdm
 
+from coinlib.fileio import atomic_write_text
 from coinlib.perturb import GROUP_OF, LEVELS, RephraseRejected, perturb_instruction
 from coinlib.perturb.tokens import LABEL_WORDS
 
@@ -92,9 +93,4 @@ def build_prompt_set(
 
 def write_prompt_set(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a prompt set as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
