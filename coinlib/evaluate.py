@@ -64,11 +64,14 @@ class Unit:
     group: str
     instruction_id: int
     instruction: str = ""
+    weights: str = "base"  # digest of the model's adapter weights
 
     def path(self, cache: Path) -> Path:
-        """Cache file; named by the instruction text's digest too, so an edited prompt set never reuses a result."""
+        """Cache file, named by the adapter weights' and the instruction text's digests, so a retrained adapter or
+        an edited prompt set never reuses a result, and adding a model to the list keeps the others' results."""
         digest = hashlib.sha256(self.instruction.encode()).hexdigest()[:10]
-        return cache / self.model / self.task / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
+        model_dir = f"{self.model}-{self.weights}"
+        return cache / model_dir / self.task / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
 
 
 @dataclass
@@ -103,7 +106,8 @@ def model_specs(P: "Params") -> list[ModelSpec]:
 def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]]) -> list[Unit]:
     """Every unit, in a fixed order (model, task, group, instruction)."""
     tasks = next(iter(prompts.values())).keys()
-    return [Unit(m.label, t, g, i, text) for m in specs for t in tasks for g in prompts
+    weights = {m.label: _weights_digest(m.adapter) or "base" for m in specs}
+    return [Unit(m.label, t, g, i, text, weights[m.label]) for m in specs for t in tasks for g in prompts
             for i, text in enumerate(prompts[g][t])]
 
 
@@ -119,11 +123,12 @@ def dist_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def settings_key(P: "Params", specs: list[ModelSpec]) -> str:
-    """Short hash of everything that changes a prediction; cached units live under it, so changed settings start fresh."""
+def settings_key(P: "Params") -> str:
+    """Short hash of the settings shared by every model that change a prediction; cached units live under it, so
+    changed settings start fresh (each model's adapter weights key its own folder, see :meth:`Unit.path`)."""
     e, m = P.evaluate, P.model
     fields = dict(model=m.name, revision=m.revision, dtype=m.dtype, load_in_4bit=m.load_in_4bit,
-                  adapters={s.label: [s.adapter, _weights_digest(s.adapter)] for s in specs}, n=e.n_per_task,
+                  n=e.n_per_task,
                   fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -158,7 +163,7 @@ def run_evaluation(P: "Params", rank: int | None = None, world_size: int | None 
     prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
     specs = model_specs(P)
     units = plan_units(specs, prompts)
-    cache = eval_dir(P) / "cache" / settings_key(P, specs)
+    cache = eval_dir(P) / "cache" / settings_key(P)
     data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
     mine = [u for u in shard(units, rank, world_size) if not u.path(cache).is_file()]
     if mine:
@@ -243,7 +248,7 @@ def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = Non
         e = P.evaluate
         prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
         specs = model_specs(P)
-        units, cache = plan_units(specs, prompts), eval_dir(P) / "cache" / settings_key(P, specs)
+        units, cache = plan_units(specs, prompts), eval_dir(P) / "cache" / settings_key(P)
     missing = [u for u in units if not u.path(cache).is_file()]
     if missing:
         raise EvaluationError(

@@ -120,9 +120,12 @@ def test_retrained_adapter_in_the_same_folder_is_not_served_from_cache(tmp_path)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
-    before = ev._weights_digest(str(adapter))
+    spec = [ev.ModelSpec("cit", str(adapter))]
+    prompts = {"clean": {"sst2": ["Classify: "]}}
+    before = ev.plan_units(spec, prompts)[0].path(tmp_path)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
-    assert ev._weights_digest(str(adapter)) != before and ev._weights_digest(None) is None
+    assert ev.plan_units(spec, prompts)[0].path(tmp_path) != before
+    assert ev._weights_digest(None) is None
 
 
 def test_shards_are_disjoint_and_complete():
@@ -143,8 +146,17 @@ def test_adapters_are_evaluated_beside_the_base(tiny_dir, tmp_path, mirror):
     get_peft_model(model, cfg).save_pretrained(tmp_path / "mine")
     run_adapter = tmp_path / "runs" / "cit" / "adapter"
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg).save_pretrained(run_adapter)
+    first = validate(_values(tiny_dir, tmp_path / "runs", adapters=["cit"], n_instructions=1))
+    run_evaluation(first, rank=0, world_size=1)
     P = validate(_values(tiny_dir, tmp_path / "runs", adapters=[str(tmp_path / "mine"), "cit"], n_instructions=1))
-    preds = run_evaluation(P, rank=0, world_size=1).predictions
+    calls: list[str] = []
+
+    def counting(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return score_instruction(model, *args, **kwargs)
+
+    preds = run_evaluation(P, rank=0, world_size=1, scorer=counting).predictions
+    assert len(calls) == 2 * 2  # adding "mine" evaluates only its units (2 tasks x 2 groups x 1 instruction)
     assert list(dict.fromkeys(preds["model"])) == ["base", "mine", "cit"]
     by_model = preds.set_index(["model", "task", "group", "instance_id"])["label_scores"]
     assert (by_model["base"] != by_model["mine"]).all()  # the adapter changes the scores
