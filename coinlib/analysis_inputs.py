@@ -9,7 +9,7 @@ parameters to run first; in a notebook it is shown as that one message, without 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 import yaml
@@ -36,6 +36,20 @@ def runs_root(P: "Params") -> Path:
 def summary_path(P: "Params", run: str | None = None) -> Path:
     """Evaluation summary of run ``run`` (default: the current run)."""
     return runs_root(P) / (run or P.run.name) / "eval" / "summary.csv"
+
+
+def load_predictions(P: "Params", models: Iterable[str]) -> pd.DataFrame:
+    """The current run's predictions table (``eval/predictions.parquet``), checked to hold every model in ``models``."""
+    path = summary_path(P).with_name("predictions.parquet")
+    if not path.is_file():
+        raise MissingInput(f"no predictions for run {P.run.name!r} (expected {_short(path)}). Run "
+                           "notebooks/03_evaluate.ipynb first with this parameter file.")
+    predictions = pd.read_parquet(path)
+    absent = [m for m in dict.fromkeys(models) if m not in set(predictions["model"])]
+    if absent:
+        raise MissingInput(f"{_short(path)} has no predictions of {absent}. Run notebooks/03_evaluate.ipynb with "
+                           f"evaluate.adapters including {absent} (run.name {P.run.name!r}).")
+    return predictions
 
 
 def adapter_path(P: "Params", run: str) -> Path:

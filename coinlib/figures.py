@@ -18,11 +18,12 @@ from coinlib.report import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
-    "semantic": "#9467bd", "average": "#222222",
+    "semantic": "#9467bd", "average": "#222222", "all": "#222222",
 }
 GROUP_LABELS = {
     "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
     "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
+    "all": "all groups",
 }
 ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
 SOURCE_LABELS = {"paper": "paper", "ours": "ours"}
@@ -108,6 +109,29 @@ def plot_lambda_ablation(comparison: pd.DataFrame) -> plt.Figure:
         ax.set_xlabel("λ (upper bound of the contrastive weight)")
     axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.suptitle("COIN by λ (paper Figure 5 / Table 4)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_difference(paired: pd.DataFrame) -> plt.Figure:
+    """COIN minus CIT per group (output of :func:`coinlib.compare.paired_bootstrap`): accuracy and std over
+    instructions, points with their bootstrap intervals; right of zero = COIN higher."""
+    use_style()
+    groups = list(paired["group"])
+    y = np.arange(len(groups))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(groups) + 1.6), sharey=True)
+    for ax, col, what in zip(axes, ("acc_diff", "instr_std_diff"),
+                             ("accuracy (points)", "std over instructions (points; lower = more robust)")):
+        est = 100 * paired[col].to_numpy()
+        err = 100 * np.abs(paired[[f"{col}_low", f"{col}_high"]].to_numpy().T - paired[col].to_numpy())
+        colors = [GROUP_COLORS.get(g, GROUP_COLORS["average"]) for g in groups]
+        for yi, e, lo, hi, c in zip(y, est, *err, colors):
+            ax.errorbar(e, yi, xerr=[[lo], [hi]], fmt="o", color=c, capsize=3)
+        ax.axvline(0, color="#444444", lw=1)
+        ax.set_xlabel(f"{paired['model_a'].iloc[0]} − {paired['model_b'].iloc[0]}: {what}")
+    axes[0].set_yticks(y, [GROUP_LABELS.get(g, g) for g in groups])
+    n_inst, n_tasks = paired["n_instances"].iloc[0], paired["n_tasks"].iloc[0]
+    fig.suptitle(f"Paired difference, 95% bootstrap intervals ({n_tasks} tasks, {n_inst} instances)")
     fig.tight_layout()
     return fig
 

@@ -155,6 +155,20 @@ def test_missing_adapter_and_evaluation_names_training(tmp_path):
         report.ours_by_role(P)
 
 
+def test_predictions_must_exist_and_hold_the_compared_models(tmp_path):
+    from coinlib.analysis_inputs import load_predictions
+
+    P = _params(tmp_path)
+    with pytest.raises(MissingInput, match=r"no predictions for run 'main'.*03_evaluate"):
+        load_predictions(P, ["cit"])
+    path = tmp_path / "main" / "eval" / "predictions.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({"model": ["base", "cit"], "correct": [True, False]}).to_parquet(path)
+    assert len(load_predictions(P, ["cit", "base"])) == 2
+    with pytest.raises(MissingInput, match=r"no predictions of \['coin'\]"):
+        load_predictions(P, ["cit", "coin"])
+
+
 def test_roles_must_be_set(tmp_path):
     P = _params(tmp_path, cit_run=None, coin_run="coin")
     with pytest.raises(MissingInput, match="analysis.cit_run not set"):

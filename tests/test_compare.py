@@ -1,0 +1,87 @@
+"""Paired bootstrap of two models on hand-made predictions with known differences."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coinlib.compare import COMPARE_COLUMNS, paired_bootstrap
+
+
+def _predictions(correct: dict[str, dict[tuple[str, str], np.ndarray]]) -> pd.DataFrame:
+    """Rows from ``{model: {(task, group): array [instruction, instance] of 0/1}}``."""
+    rows = []
+    for model, cells in correct.items():
+        for (task, group), grid in cells.items():
+            for i, j in itertools.product(*map(range, grid.shape)):
+                rows.append(dict(model=model, task=task, group=group, instruction_id=i, instance_id=j,
+                                 correct=bool(grid[i, j])))
+    return pd.DataFrame(rows)
+
+
+def _grid(rows: list[list[int]]) -> np.ndarray:
+    return np.array(rows, dtype=int)
+
+
+def test_identical_models_differ_by_exactly_zero():
+    grid = _grid([[1, 0, 1, 1], [0, 0, 1, 1]])
+    cells = {("sst2", "clean"): grid, ("sst2", "checklist"): 1 - grid}
+    out = paired_bootstrap(_predictions({"a": cells, "b": cells}), "a", "b", n_boot=200)
+    assert list(out.columns) == COMPARE_COLUMNS and list(out["group"]) == ["clean", "checklist", "all"]
+    assert (out[["acc_diff", "acc_diff_low", "acc_diff_high", "instr_std_diff"]] == 0).all().all()
+    assert (out["p_better"] == 0).all()
+
+
+def test_known_accuracy_and_std_differences():
+    # task 1: a right everywhere, b right on instruction 0 only -> acc 1 vs 0.5, std 0 vs 0.5
+    # task 2: both right on half the instances under both instructions -> no difference
+    ones, half = np.ones((2, 4), int), _grid([[1, 1, 0, 0], [1, 1, 0, 0]])
+    a = {("sst2", "clean"): ones, ("rte", "clean"): half}
+    b = {("sst2", "clean"): _grid([[1, 1, 1, 1], [0, 0, 0, 0]]), ("rte", "clean"): half}
+    row = paired_bootstrap(_predictions({"a": a, "b": b}), "a", "b", n_boot=500).set_index("group").loc["clean"]
+    assert row["acc_a"] == pytest.approx((1 + 0.5) / 2) and row["acc_b"] == pytest.approx((0.5 + 0.5) / 2)
+    assert row["acc_diff"] == pytest.approx(0.25)
+    # the sst2 difference is 0.5 on every instance, so every resample gives exactly 0.25
+    assert row["acc_diff_low"] == pytest.approx(0.25) and row["acc_diff_high"] == pytest.approx(0.25)
+    assert row["p_better"] == 1.0
+    assert row["instr_std_a"] == pytest.approx(0.0) and row["instr_std_b"] == pytest.approx(0.25)
+    assert row["instr_std_diff"] == pytest.approx(-0.25)
+    assert row["n_tasks"] == 2 and row["n_instances"] == 8
+
+
+def test_interval_covers_the_estimate_widens_with_noise_and_is_seeded():
+    rng = np.random.default_rng(1)
+    a = {("sst2", "clean"): rng.integers(0, 2, (3, 40)), ("rte", "clean"): rng.integers(0, 2, (3, 40))}
+    b = {k: rng.integers(0, 2, v.shape) for k, v in a.items()}
+    preds = _predictions({"a": a, "b": b})
+    out = paired_bootstrap(preds, "a", "b", n_boot=1000, seed=3)
+    row = out.iloc[0]
+    assert row["acc_diff_low"] < row["acc_diff"] < row["acc_diff_high"]
+    assert 0 < row["p_better"] < 1
+    pd.testing.assert_frame_equal(out, paired_bootstrap(preds, "a", "b", n_boot=1000, seed=3))
+    assert not out.equals(paired_bootstrap(preds, "a", "b", n_boot=1000, seed=4))
+    narrow = paired_bootstrap(preds, "a", "b", n_boot=1000, seed=3, level=0.5).iloc[0]
+    assert narrow["acc_diff_high"] - narrow["acc_diff_low"] < row["acc_diff_high"] - row["acc_diff_low"]
+
+
+def test_all_pools_the_groups():
+    a = {("sst2", "clean"): np.ones((2, 2), int), ("sst2", "semantic"): np.zeros((2, 2), int)}
+    b = {k: np.zeros((2, 2), int) for k in a}
+    out = paired_bootstrap(_predictions({"a": a, "b": b}), "a", "b", n_boot=50).set_index("group")
+    assert out.loc["clean", "acc_diff"] == 1 and out.loc["semantic", "acc_diff"] == 0
+    assert out.loc["all", "acc_diff"] == pytest.approx(0.5)
+
+
+def test_models_on_different_samples_are_refused():
+    a = {("sst2", "clean"): np.ones((2, 4), int)}
+    b = {("sst2", "clean"): np.ones((2, 3), int)}
+    with pytest.raises(ValueError, match="same tasks, instructions and instances"):
+        paired_bootstrap(_predictions({"a": a, "b": b}), "a", "b")
+    with pytest.raises(ValueError, match="model 'c' is not in the predictions"):
+        paired_bootstrap(_predictions({"a": a, "b": b}), "a", "c")
+    holes = _predictions({"a": a, "b": a}).drop(index=0)
+    with pytest.raises(ValueError, match="not answered for every instance"):
+        paired_bootstrap(holes, "a", "b")
