@@ -8,7 +8,7 @@ both models, for every group and instruction) and recomputes, per group,
 - ``instr_std``: the population std of per-instruction accuracies within a task, averaged over tasks (the
   robustness measure of Figure 3, averaged over tasks).
 
-Rows come per group and for ``"all"`` (every group pooled). ``p_better`` is the share of replicates in which model
+Rows come per group and for ``"average"`` (every group pooled). ``p_better`` is the share of replicates in which model
 ``a`` is more accurate than model ``b``.
 """
 
@@ -22,7 +22,7 @@ COMPARE_COLUMNS = [
     "instr_std_a", "instr_std_b", "instr_std_diff", "instr_std_diff_low", "instr_std_diff_high", "n_tasks",
     "n_instances",
 ]
-ALL = "all"
+ALL = "average"  # group label of the row pooled over every group, as in coinlib.report
 
 
 def _cube(predictions: pd.DataFrame, model: str, groups: list[str]) -> dict[str, np.ndarray]:

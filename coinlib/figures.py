@@ -18,12 +18,11 @@ from coinlib.report import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
-    "semantic": "#9467bd", "average": "#222222", "all": "#222222",
+    "semantic": "#9467bd", "average": "#222222",
 }
 GROUP_LABELS = {
     "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
     "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
-    "all": "all groups",
 }
 ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
 SOURCE_LABELS = {"paper": "paper", "ours": "ours"}

@@ -107,7 +107,7 @@ def category_comparison(ours: pd.DataFrame, our_model: str, paper: pd.DataFrame 
     if not ours["task"].map(category_of).notna().any():
         raise ValueError(f"none of the evaluated tasks ({', '.join(sorted(set(ours['task'])))}) is in a Table 5 "
                          f"category ({', '.join(t for ts in TASK_CATEGORIES.values() for t in ts)}); evaluate one")
-    paper = _paper_glue(3) if paper is None else paper
+    paper = paper_glue(3) if paper is None else paper
     paper = matched_to(paper[paper["model"].isin(["cit", "coin"])].assign(role=paper["model"]), ours)
     parts = []
     for source, model, rows in (("paper", PAPER_MODEL, paper), ("ours", our_model, ours)):
@@ -124,7 +124,7 @@ def lambda_comparison(ours: pd.DataFrame, our_model: str, paper: pd.DataFrame | 
     the tasks and groups ours covers (all of them: the paper's Average column). Columns: source, model, lambda,
     group, mean_acc, std_acc, n_tasks.
     """
-    paper = _paper_glue(4) if paper is None else paper
+    paper = paper_glue(4) if paper is None else paper
     parts = []
     for source, model, rows in (("paper", PAPER_MODEL, matched_to(paper, ours)), ("ours", our_model, ours)):
         per_group = average_over_tasks(rows, by=["lambda", "group"])
@@ -167,7 +167,8 @@ def _with_delta(cats: pd.DataFrame, on: list[str]) -> pd.DataFrame:
     return pd.concat([cats, delta.merge(meta, on=on)], ignore_index=True)
 
 
-def _paper_glue(table: int) -> pd.DataFrame:
+def paper_glue(table: int) -> pd.DataFrame:
+    """The paper's per-task rows of Table 3 or 4 (without its "Average" column)."""
     rows = paper_tables(table)
     return rows[rows["task"] != "average"].reset_index(drop=True)
 

@@ -30,7 +30,7 @@ def test_identical_models_differ_by_exactly_zero():
     grid = _grid([[1, 0, 1, 1], [0, 0, 1, 1]])
     cells = {("sst2", "clean"): grid, ("sst2", "checklist"): 1 - grid}
     out = paired_bootstrap(_predictions({"a": cells, "b": cells}), "a", "b", n_boot=200)
-    assert list(out.columns) == COMPARE_COLUMNS and list(out["group"]) == ["clean", "checklist", "all"]
+    assert list(out.columns) == COMPARE_COLUMNS and list(out["group"]) == ["clean", "checklist", "average"]
     assert (out[["acc_diff", "acc_diff_low", "acc_diff_high", "instr_std_diff"]] == 0).all().all()
     assert (out["p_better"] == 0).all()
 
@@ -67,12 +67,12 @@ def test_interval_covers_the_estimate_widens_with_noise_and_is_seeded():
     assert narrow["acc_diff_high"] - narrow["acc_diff_low"] < row["acc_diff_high"] - row["acc_diff_low"]
 
 
-def test_all_pools_the_groups():
+def test_average_pools_the_groups():
     a = {("sst2", "clean"): np.ones((2, 2), int), ("sst2", "semantic"): np.zeros((2, 2), int)}
     b = {k: np.zeros((2, 2), int) for k in a}
     out = paired_bootstrap(_predictions({"a": a, "b": b}), "a", "b", n_boot=50).set_index("group")
     assert out.loc["clean", "acc_diff"] == 1 and out.loc["semantic", "acc_diff"] == 0
-    assert out.loc["all", "acc_diff"] == pytest.approx(0.5)
+    assert out.loc["average", "acc_diff"] == pytest.approx(0.5)
 
 
 def test_models_on_different_samples_are_refused():

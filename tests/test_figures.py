@@ -69,13 +69,13 @@ def test_umap_figure_one_panel_per_role():
 
 def test_paired_difference_points_sit_at_the_estimates_in_points():
     paired = pd.DataFrame({
-        "group": ["clean", "all"], "model_a": "coin", "model_b": "cit", "acc_diff": [0.02, -0.01],
+        "group": ["clean", "average"], "model_a": "coin", "model_b": "cit", "acc_diff": [0.02, -0.01],
         "acc_diff_low": [0.0, -0.03], "acc_diff_high": [0.05, 0.01], "instr_std_diff": [-0.04, 0.0],
         "instr_std_diff_low": [-0.06, -0.02], "instr_std_diff_high": [-0.01, 0.02], "n_tasks": 2, "n_instances": 40,
     })
     fig = figures.plot_paired_difference(paired)
     acc, std = fig.axes
-    assert [t.get_text() for t in acc.get_yticklabels()] == ["clean", "all groups"]
+    assert [t.get_text() for t in acc.get_yticklabels()] == ["clean", "average"]
     points = [line.get_xdata()[0] for line in acc.lines if line.get_marker() == "o"]
     assert points == pytest.approx([2.0, -1.0])
     assert [line.get_xdata()[0] for line in std.lines if line.get_marker() == "o"] == pytest.approx([-4.0, 0.0])
