@@ -103,7 +103,7 @@ def plot_lambda_ablation(comparison: pd.DataFrame) -> plt.Figure:
                         lw=2.4 if g == "average" else 1.4, ls="-" if g == "average" else "--")
             ax.set_xscale("log")
             ax.set_ylabel(what)
-            ax.set_title(f"{source_title(source, model)} ({sub['n_tasks'].max()} tasks): {what.split(' ')[0]}")
+            ax.set_title(f"{source_title(source, model)}\n{what.split(' ')[0]}, {sub['n_tasks'].max()} tasks")
     for ax in axes[-1]:
         ax.set_xlabel("λ (upper bound of the contrastive weight)")
     axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
@@ -127,10 +127,11 @@ def plot_paired_difference(paired: pd.DataFrame) -> plt.Figure:
         for yi, e, lo, hi, c in zip(y, est, *err, colors):
             ax.errorbar(e, yi, xerr=[[lo], [hi]], fmt="o", color=c, capsize=3)
         ax.axvline(0, color="#444444", lw=1)
-        ax.set_xlabel(f"{paired['model_a'].iloc[0]} − {paired['model_b'].iloc[0]}: {what}")
+        ax.set_xlabel(f"Δ {what}")
     axes[0].set_yticks(y, [GROUP_LABELS.get(g, g) for g in groups])
     n_inst, n_tasks = paired["n_instances"].iloc[0], paired["n_tasks"].iloc[0]
-    fig.suptitle(f"Paired difference, 95% bootstrap intervals ({n_tasks} tasks, {n_inst} instances)")
+    fig.suptitle(f"{paired['model_a'].iloc[0]} − {paired['model_b'].iloc[0]}, paired, 95% bootstrap intervals "
+                 f"({n_tasks} tasks, {n_inst} instances)")
     fig.tight_layout()
     return fig
 
@@ -150,10 +151,10 @@ def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
             pts = sub[sub["group"] == g]
             ax.scatter(pts["umap_x"], pts["umap_y"], s=12, alpha=0.75, color=GROUP_COLORS[g], label=GROUP_LABELS[g],
                        edgecolors="none")
-        ax.set_title(f"{ROLE_LABELS.get(role, role)}: {model}, run {run!r}")
+        ax.set_title(f"{ROLE_LABELS.get(role, role)} (run {run!r})")
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, markerscale=2)
-    fig.suptitle("Last-token representations of instruction variants (paper Figure 4)")
+    fig.suptitle(f"Last-token representations of instruction variants, {model} (paper Figure 4)")
     fig.tight_layout()
     return fig

@@ -63,7 +63,8 @@ def test_umap_figure_one_panel_per_role():
         "group": ["clean", "semantic"] * 4, "umap_x": np.arange(8.0), "umap_y": np.arange(8.0),
     })
     fig = figures.plot_umap(pts, "tiny")
-    assert [ax.get_title() for ax in fig.axes] == ["CIT: tiny, run 'r1'", "COIN: tiny, run 'r2'"]
+    assert [ax.get_title() for ax in fig.axes] == ["CIT (run 'r1')", "COIN (run 'r2')"]
+    assert "tiny" in fig._suptitle.get_text()
     assert [len(c.get_offsets()) for c in fig.axes[0].collections] == [2, 2]
 
 
@@ -79,4 +80,4 @@ def test_paired_difference_points_sit_at_the_estimates_in_points():
     points = [line.get_xdata()[0] for line in acc.lines if line.get_marker() == "o"]
     assert points == pytest.approx([2.0, -1.0])
     assert [line.get_xdata()[0] for line in std.lines if line.get_marker() == "o"] == pytest.approx([-4.0, 0.0])
-    assert "coin − cit" in acc.get_xlabel()
+    assert fig._suptitle.get_text().startswith("coin − cit") and acc.get_xlabel() == "Δ accuracy (points)"
