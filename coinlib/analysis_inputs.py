@@ -45,7 +45,8 @@ def load_predictions(P: "Params", models: Iterable[str]) -> pd.DataFrame:
         raise MissingInput(f"no predictions for run {P.run.name!r} (expected {_short(path)}). Run "
                            "notebooks/03_evaluate.ipynb first with this parameter file.")
     predictions = pd.read_parquet(path)
-    absent = [m for m in dict.fromkeys(models) if m not in set(predictions["model"])]
+    evaluated = set(predictions["model"])
+    absent = [m for m in dict.fromkeys(models) if m not in evaluated]
     if absent:
         raise MissingInput(f"{_short(path)} has no predictions of {absent}. Run notebooks/03_evaluate.ipynb with "
                            f"evaluate.adapters including {absent} (run.name {P.run.name!r}).")

@@ -17,12 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from coinlib.report import ALL_GROUPS
+
 COMPARE_COLUMNS = [
     "group", "model_a", "model_b", "acc_a", "acc_b", "acc_diff", "acc_diff_low", "acc_diff_high", "p_better",
     "instr_std_a", "instr_std_b", "instr_std_diff", "instr_std_diff_low", "instr_std_diff_high", "n_tasks",
     "n_instances",
 ]
-ALL = "average"  # group label of the row pooled over every group, as in coinlib.report
 
 
 def _cube(predictions: pd.DataFrame, model: str, groups: list[str]) -> dict[str, np.ndarray]:
@@ -82,7 +83,7 @@ def paired_bootstrap(predictions: pd.DataFrame, model_a: str, model_b: str, n_bo
     std_lo, std_hi = np.percentile(bstd_a - bstd_b, [tail, 100 - tail], axis=-1)
     n_instances = sum(cubes[model_a][t].shape[-1] for t in tasks)
     return pd.DataFrame({
-        "group": groups + [ALL], "model_a": model_a, "model_b": model_b, "acc_a": acc_a, "acc_b": acc_b,
+        "group": groups + [ALL_GROUPS], "model_a": model_a, "model_b": model_b, "acc_a": acc_a, "acc_b": acc_b,
         "acc_diff": acc_a - acc_b, "acc_diff_low": acc_lo, "acc_diff_high": acc_hi,
         "p_better": ((bacc_a - bacc_b) > 0).mean(-1), "instr_std_a": std_a, "instr_std_b": std_b,
         "instr_std_diff": std_a - std_b, "instr_std_diff_low": std_lo, "instr_std_diff_high": std_hi,

@@ -160,22 +160,27 @@ def run_evaluation(P: "Params", rank: int | None = None, world_size: int | None 
     env_rank, env_world = dist_env()
     rank, world_size = (env_rank if rank is None else rank), (env_world if world_size is None else world_size)
     e = P.evaluate
-    prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
-    specs = model_specs(P)
-    units = plan_units(specs, prompts)
-    cache = eval_dir(P) / "cache" / settings_key(P)
+    specs, units, cache = _plan(P)
     data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
     mine = [u for u in shard(units, rank, world_size) if not u.path(cache).is_file()]
     if mine:
-        _evaluate_units(P, mine, specs, prompts, data, cache, rank, scorer)
+        _evaluate_units(P, mine, specs, data, cache, rank, scorer)
     if world_size > 1:
         _wait_for_shards(units, cache, rank)
         if rank != 0:
             return None
-    return merge(P, units, cache, prompts)
+    return merge(P, units, cache)
 
 
-def _evaluate_units(P, units, specs, prompts, data, cache, rank, scorer) -> None:
+def _plan(P: "Params") -> tuple[list[ModelSpec], list[Unit], Path]:
+    """The models, every unit of work, and the cache folder of the evaluation ``P`` describes."""
+    e = P.evaluate
+    prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
+    specs = model_specs(P)
+    return specs, plan_units(specs, prompts), eval_dir(P) / "cache" / settings_key(P)
+
+
+def _evaluate_units(P, units, specs, data, cache, rank, scorer) -> None:
     from coinlib.scoring import score_instruction
 
     scorer = scorer or score_instruction
@@ -241,14 +246,10 @@ def _wait_for_shards(units: list[Unit], cache: Path, rank: int, poll_s: float = 
 
 
 # ------------------------------------------------------------------------------------------------ merge
-def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = None,
-          prompts: dict | None = None) -> EvalTables:
+def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = None) -> EvalTables:
     """Concatenate every planned unit (each exactly once), write the predictions and summary tables atomically."""
     if units is None or cache is None:
-        e = P.evaluate
-        prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
-        specs = model_specs(P)
-        units, cache = plan_units(specs, prompts), eval_dir(P) / "cache" / settings_key(P)
+        _, units, cache = _plan(P)
     missing = [u for u in units if not u.path(cache).is_file()]
     if missing:
         raise EvaluationError(

@@ -9,9 +9,9 @@ All six notebooks read the same file, so ``papermill NB out.ipynb -f params/X.ya
 from __future__ import annotations
 
 import difflib
-import sys
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from coinlib.fileio import atomic_write, atomic_write_text
 from coinlib.batching import IGNORE, PairCollator, PairSampler, encode_entries
+from coinlib.fileio import atomic_write, atomic_write_text
 from coinlib.loss import coin_loss, gather_embeddings, symmetric_info_nce
 from coinlib.modeling import attach_lora, last_token_pool, load_model
 from coinlib.params import Params, TrainParams
