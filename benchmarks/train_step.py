@@ -29,11 +29,11 @@ TARGET = 1.10
 
 
 def _setup(model_name: str, entries: int):
-    from coinlib.batching import PairCollator, encode_entries
-    from coinlib.modeling import load_tokenizer, tiny_llama
-    from coinlib.pairs import load_or_build
-    from coinlib.params import load_params
-    from coinlib.train import CoinTrainer, prepare_model, training_arguments
+    from coinlib.core.models import load_tokenizer, tiny_llama
+    from coinlib.core.params import load_params
+    from coinlib.data.pairs import load_or_build
+    from coinlib.train.batching import PairCollator, encode_entries
+    from coinlib.train.trainer import CoinTrainer, prepare_model, training_arguments
 
     P = load_params("params/smoke.yaml")
     data = load_or_build(P, progress=False).select(range(entries))

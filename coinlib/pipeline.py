@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from coinlib.params import ParamsError, load_params
-from coinlib.sources import REPO_ROOT
+from coinlib.core.params import ParamsError, load_params
+from coinlib.core.sources import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "coin"

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from coinlib.sources import resolve_mirror  # noqa: E402
+from coinlib.core.sources import resolve_mirror  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def mirror():
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (offline copy; pads on the right)."""
-    from coinlib.modeling import load_tokenizer
+    from coinlib.core.models import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 
@@ -34,7 +34,7 @@ def smol_tokenizer():
 @pytest.fixture()
 def tiny_model(smol_tokenizer):
     """A tiny random Llama sharing the real tokenizer's vocabulary."""
-    from coinlib.modeling import tiny_llama
+    from coinlib.core.models import tiny_llama
 
     torch.manual_seed(0)
     return tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id)

@@ -1,4 +1,4 @@
-"""Worker for the two-process (gloo) gather test; imports only torch and coinlib.loss, so spawning is quick."""
+"""Worker for the two-process (gloo) gather test; imports only torch and coinlib.train.loss, so spawning is quick."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 
 import torch
 
-from coinlib.loss import gather_embeddings, symmetric_info_nce
+from coinlib.train.loss import gather_embeddings, symmetric_info_nce
 
 
 def free_port() -> int:

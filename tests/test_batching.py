@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from coinlib.batching import IGNORE, PairCollator, PairSampler, encode_entries, encode_pair, micro_batch_order
-from coinlib.prompting import train_text
 from entries_helper import make_entries
+
+from coinlib.core.formats import train_text
+from coinlib.train.batching import IGNORE, PairCollator, PairSampler, encode_entries, encode_pair, micro_batch_order
 
 
 def test_encode_pair_labels_cover_target_and_eos_only(smol_tokenizer):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coinlib.compare import COMPARE_COLUMNS, paired_bootstrap
+from coinlib.evaluate.compare import COMPARE_COLUMNS, paired_bootstrap
 
 
 def _predictions(correct: dict[str, dict[tuple[str, str], np.ndarray]]) -> pd.DataFrame:

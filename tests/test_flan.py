@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from coinlib import flan
-from coinlib.flan import (ADAPTERS, Example, FlanError, MissingPlaceholderError, format_options, normalize_cap,
-                          options_from_tasks_py, render, render_example, templates_from_origin, usable_templates)
-from coinlib.sources import read_jsonl
+from coinlib.core.sources import read_jsonl
+from coinlib.data import flan
+from coinlib.data.flan import (
+    ADAPTERS,
+    Example,
+    FlanError,
+    MissingPlaceholderError,
+    format_options,
+    normalize_cap,
+    options_from_tasks_py,
+    render,
+    render_example,
+    templates_from_origin,
+    usable_templates,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +39,7 @@ def test_render_names_the_missing_placeholder():
 
 
 def test_options_block_matches_flan_format(mirror):
-    from coinlib.sources import load_json_artifact
+    from coinlib.core.sources import load_json_artifact
 
     doc = load_json_artifact("flan_templates", mirror)
     assert format_options(["yes", "no"]) == doc["options_suffix_format"]["example_rte"]

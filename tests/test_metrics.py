@@ -8,8 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coinlib.metrics import (SUMMARY_COLUMNS, bootstrap_ci, consistency_rate, drop_rate, fleiss_kappa, mean_std,
-                             summarize)
+from coinlib.evaluate.metrics import (
+    SUMMARY_COLUMNS,
+    bootstrap_ci,
+    consistency_rate,
+    drop_rate,
+    fleiss_kappa,
+    mean_std,
+    summarize,
+)
 
 GOLD = ["a", "b", "b", "a"]
 CLEAN = [["a", "a", "b", "b"], ["a", "b", "b", "a"], ["a", "a", "a", "a"]]  # accuracies 0.5, 1.0, 0.5

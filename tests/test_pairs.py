@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from coinlib import pairs
-from coinlib.flan import load_templates, render
-from coinlib.params import validate
-from coinlib.sampling import sample_indices
+from coinlib.core.params import validate
+from coinlib.core.sampling import sample_indices
+from coinlib.data import pairs
+from coinlib.data.flan import load_templates, render
 
 TASKS = ["rte", "sst2", "trec", "wsc273", "stsb"]
 
@@ -114,7 +114,7 @@ def test_empty_source_is_an_error(tmp_path, flan_templates):
 def test_too_few_templates_is_an_error(flan_templates, mirror):
     from dataclasses import replace
 
-    import coinlib.flan as flan
+    import coinlib.data.flan as flan
 
     one = replace(flan_templates, patterns={**flan_templates.patterns, "cola": flan_templates.patterns["cola"][:1]})
     with pytest.raises(pairs.DataError, match="positives need two"):

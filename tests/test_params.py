@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coinlib.params import PARAMS_DIR, Params, ParamsError, deep_merge, load_params, notebook_params
+from coinlib.core.params import PARAMS_DIR, Params, ParamsError, deep_merge, load_params, notebook_params
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -303,7 +303,7 @@ def test_prompt_set_is_deterministic_and_records_sources(paper_prompts, tmp_path
         assert a["source"]["clean_source"][group] == clean
     path = write_prompt_set(a, tmp_path / "set.json")
     assert json.loads(path.read_text()) == a and not list(tmp_path.glob("*.tmp"))
-    from coinlib.prompts import load_prompt_set  # the evaluation reads it: groups only, metadata dropped
+    from coinlib.core.promptsets import load_prompt_set  # the evaluation reads it: groups only, metadata dropped
 
     loaded = load_prompt_set(path)
     assert {g: loaded[g][t] for g in ("clean", "checklist") for t in ("sst2",)} == \

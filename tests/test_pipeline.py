@@ -43,7 +43,7 @@ def test_papermill_injected_values_are_validated_in_the_first_cell(tmp_path):
     assert failing == [injected[0] + 1]  # the first code cell after the injected parameters
 
 
-@pytest.mark.parametrize("module", ["coinlib.train", "coinlib.evaluate"])
+@pytest.mark.parametrize("module", ["coinlib.train.trainer", "coinlib.evaluate.runner"])
 def test_stage_command_lines_reject_bad_files_with_status_2(module, tmp_path, capsys):
     import importlib
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from coinlib import represent
-from coinlib.analysis_inputs import MissingInput
-from coinlib.params import validate
-from coinlib.represent import Representations
+from coinlib.core.params import validate
+from coinlib.results import represent
+from coinlib.results.inputs import MissingInput
+from coinlib.results.represent import Representations
 
 PROMPTS = {g: {"cola": [f"{g} zero: ", f"{g} one: "]} for g in represent.EVAL_GROUPS}
 

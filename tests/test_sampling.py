@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coinlib.sampling import EVAL_SPLITS, eval_sample_ids, sample_indices
+from coinlib.core.sampling import EVAL_SPLITS, eval_sample_ids, sample_indices
 
 
 def test_sample_is_deterministic_sorted_and_unique():

@@ -7,8 +7,16 @@ import json
 import pytest
 import torch
 
-from coinlib.scoring import (answer_decided, encode, format_input, label_continuation, length_sorted_batches,
-                             parse_label, plain_greedy, score_instruction)
+from coinlib.evaluate.scoring import (
+    answer_decided,
+    encode,
+    format_input,
+    label_continuation,
+    length_sorted_batches,
+    parse_label,
+    plain_greedy,
+    score_instruction,
+)
 
 NLI = ("entailment", "not_entailment")
 CONTENTS = ["Sentence 1: A man plays. Sentence 2: Someone plays.", "Sentence 1: Cats. Sentence 2: Dogs bark loudly.",
@@ -126,10 +134,10 @@ def test_rank_equals_separate_scoring(tiny_model, smol_tokenizer, fmt):
 @pytest.mark.slow
 def test_real_model_batched_generate_equals_plain_loop(mirror):
     """SmolLM2 (chat template, the format where it answers with label words): batched == one at a time."""
-    from coinlib.glue import get_task, load_task
-    from coinlib.modeling import load_model
-    from coinlib.params import ModelParams
-    from coinlib.prompts import load_prompt_set
+    from coinlib.core.models import load_model
+    from coinlib.core.params import ModelParams
+    from coinlib.core.promptsets import load_prompt_set
+    from coinlib.core.tasks import get_task, load_task
 
     model, tok = load_model(ModelParams(name="smollm2-135m-instruct"))
     model.eval()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from coinlib import sources
-from coinlib.sources import (
+from coinlib.core import sources
+from coinlib.core.sources import (
     DATASETS,
     GitHubFile,
     SourceUnavailable,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable, Sequence
 
+from coinlib.core.formats import train_prompt
 from coinlib.perturb.tokens import LABEL_WORDS, editable_positions, random_order, render, resolve_protected, tokenize
-from coinlib.prompting import train_prompt
 
 Scorer = Callable[[str], float]
 Example = tuple[str, str]  # (content, gold label word)
@@ -66,7 +66,7 @@ def format_input(instruction: str, content: str) -> str:
 
 def labelled_sample(task: str, n: int = 16, seed: int = 0, mirror: str | None = "auto") -> list[Example]:
     """``n`` seeded ``(content, label word)`` pairs from the GLUE validation split of ``task``."""
-    from coinlib.sources import load_split
+    from coinlib.core.sources import load_split
 
     if task not in _GLUE_FIELDS:
         raise KeyError(f"no labelled sample for task {task!r}; known: {sorted(_GLUE_FIELDS)}")

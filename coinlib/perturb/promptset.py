@@ -1,6 +1,6 @@
 """Generated prompt sets: the clean instructions of a set plus one variant of each per level.
 
-File format (JSON), as the evaluation reads prompt sets (:func:`coinlib.prompts.load_prompt_set`):
+File format (JSON), as the evaluation reads prompt sets (:func:`coinlib.core.promptsets.load_prompt_set`):
 ``{group: {task: [instruction, ...]}}`` plus the metadata keys ``license`` and ``source``. Here ``source`` is
 a mapping (provenance): generator, seed, budget, levels, ``clean_source`` (mirrors the groups: the clean
 instruction each variant was made from, at the same position) and ``rejected`` (semantic rephrases that
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from coinlib.fileio import atomic_write_text
+from coinlib.core.fileio import atomic_write_text
 from coinlib.perturb import GROUP_OF, LEVELS, RephraseRejected, perturb_instruction
 from coinlib.perturb.tokens import LABEL_WORDS
 
@@ -34,7 +34,7 @@ def variant_seed(seed: int, task: str, index: int) -> int:
 def clean_instructions(source: str | os.PathLike = "coin_eval_prompts", mirror: str | None = "auto",
                        group: str = "clean") -> dict[str, list[str]]:
     """``{task: instructions}`` of one group of a prompt set (artifact name or JSON file), label tasks only."""
-    from coinlib.sources import JSON_ARTIFACTS, load_json_artifact
+    from coinlib.core.sources import JSON_ARTIFACTS, load_json_artifact
 
     if str(source) in JSON_ARTIFACTS:
         data = load_json_artifact(str(source), mirror)

@@ -122,8 +122,8 @@ def model_rephraser(model: str = "smollm2-135m-instruct", max_new_tokens: int = 
     """A seeded sampling generator from an instruction model (chat template when the tokenizer has one)."""
     import torch
 
-    from coinlib.modeling import load_model
-    from coinlib.params import ModelParams
+    from coinlib.core.models import load_model
+    from coinlib.core.params import ModelParams
 
     lm, tok = load_model(ModelParams(name=model), device=device)
     lm.eval()

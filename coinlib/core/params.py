@@ -1,0 +1,325 @@
+"""Typed parameters shared by every notebook, with errors that name the file, the key and what is expected.
+
+A parameter file is YAML with the top-level keys ``base``, ``run``, ``model``, ``data``, ``train``,
+``evaluate`` and ``analysis``. ``base`` names the file it builds on (relative to ``params/``; default
+``smoke.yaml``; ``null`` starts from the schema alone); its sections are deep-merged over the base's.
+All six notebooks read the same file, so ``papermill NB out.ipynb -f params/X.yaml`` works for any of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from coinlib.core.sources import REPO_ROOT
+
+PARAMS_DIR = REPO_ROOT / "params"
+DEFAULT_BASE = "smoke.yaml"
+SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
+GLUE_TASKS = ["cola", "mnli", "mnli_matched", "mnli_mismatched", "mrpc", "qnli", "qqp", "rte", "sst2", "wnli"]
+EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
+ALL_GROUPS = "average"  # group label of rows pooled over every group
+
+
+class ParamsError(ValueError):
+    """Invalid parameters: one message per problem, each naming where, which key, and what is expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class RunParams(_Section):
+    """Where outputs go and how randomness is seeded."""
+
+    name: str = Field(description="run name: outputs go to <output_root>/<name>, figures to figures/<name>")
+    seed: int = Field(0, description="seed for every random choice (sampling, shuffling, initialisation)")
+    output_root: str = Field("runs", description="folder (relative to the repository) for run outputs")
+    figures_root: str = Field("figures", description="folder (relative to the repository) for figures")
+    mirror: Optional[str] = Field(
+        "auto", description="local data mirror root; 'auto' = $COIN_DATA_MIRROR or ../shared/data; 'hub' = online"
+    )
+
+
+class LoraParams(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class ModelParams(_Section):
+    """Which causal LM to load and how."""
+
+    name: str = Field(description="model: alias (smollm2-135m-instruct), hub id, local folder or .gguf file")
+    revision: Optional[str] = Field(None, description="hub revision (commit) of the model")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    load_in_4bit: bool = Field(False, description="4-bit NF4 base weights (QLoRA) via bitsandbytes")
+    trust_remote_code: bool = Field(False, description="allow model code from the hub (off by default)")
+    adapter: Optional[str] = Field(None, description="existing LoRA adapter to continue training from")
+    lora: LoraParams = Field(default_factory=LoraParams)
+    gradient_checkpointing: bool = False
+
+
+class DataParams(_Section):
+    """The contrastive FLAN training set."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["all"], description="FLAN task names, or ['all']")
+    size: int = Field(52002, ge=1, description="number of entries (original, positive, negative)")
+    eval_prompt_sets: list[str] = Field(
+        default_factory=lambda: ["coin_eval_prompts"], description="prompt sets checked for leakage into training"
+    )
+    replacement: bool = Field(
+        False, description="reuse a task's instances once its pool is exhausted (offline mirror pools are small)"
+    )
+    task_caps: Literal["none", "table2"] = Field(
+        "none", description="per-task entry cap: none, or the paper's Table 2 counts"
+    )
+    eval_holdout: int = Field(
+        300, ge=0, description="rows of the evaluation sample (coinlib.core.sampling) kept out of training pools "
+        "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
+    )
+    extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
+        default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
+        "is the entry's own template perturbed (beyond the paper); [] = template paraphrases only"
+    )
+
+
+class TrainParams(_Section):
+    """COIN training (contrastive on) or the continual-instruction-tuning baseline (contrastive off)."""
+
+    contrastive: bool = Field(True, description="False = CIT baseline (generation loss only)")
+    lambda_: float = Field(1000.0, alias="lambda", gt=0, description="upper bound of the contrastive weight")
+    temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau")
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, ge=1, description="effective batch size in pairs (micro-batch x accumulation)")
+    micro_batch_pairs: int = Field(2, ge=1, description="pairs per forward pass (per process)")
+    batching: Literal["paired", "in_batch"] = Field(
+        "paired", description="paired = reference: each InfoNCE sees its own positive and its own hard negative; "
+        "in_batch = every positive and negative of the micro-batch (and of all processes if gather) is a candidate")
+    row_negatives: bool = Field(
+        True, description="forward each entry's hard negative (same instruction, other instance); False = only the "
+        "other entries of the micro-batch are negatives (no extra sequences; in_batch only)")
+    group_by_task: bool = Field(True, description="in_batch: fill each micro-batch with entries of one task")
+    shuffle: bool = Field(True, description="shuffle micro-batches (the reference code keeps the data order)")
+    gather_across_processes: bool = Field(
+        False, description="in_batch with several processes: gather embeddings so other processes' rows are negatives")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="optimizer steps; -1 = from epochs")
+    cutoff_len: int = Field(256, ge=8, description="max tokens per sequence")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine, constant, ...)")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="autocast; auto = from model.dtype (bfloat16 -> bf16, float16 -> fp16, else none)")
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(200, ge=1)
+    save_total_limit: Optional[int] = Field(3, ge=1, description="checkpoints kept (oldest deleted); null = all")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["tensorboard"], description="tensorboard (default), wandb (opt-in), or [] for none")
+
+
+class EvaluateParams(_Section):
+    """Robustness evaluation on GLUE with instruction variants."""
+
+    tasks: list[str] = Field(default_factory=lambda: list(GLUE_TASKS))
+    n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
+    prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
+    groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
+    input_format: Literal["paper", "train", "chat"] = "paper"
+    scoring: Literal["generate", "rank"] = "generate"
+    max_new_tokens: int = Field(7, ge=1)
+    batch_size: int = Field(16, ge=1)
+    adapters: list[str] = Field(default_factory=list, description="run names or adapter folders to evaluate")
+    include_base: bool = Field(True, description="evaluate the base model too")
+    n_instructions: Optional[int] = Field(None, ge=1, description="first N instructions per group and task; None = all")
+    early_stop: bool = Field(True, description="generate: stop once every answer is decided (same predictions)")
+    n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the 95% interval of the mean accuracy")
+
+
+class AnalysisParams(_Section):
+    """Representation, task-category and lambda analyses."""
+
+    represent_task: str = Field("cola", description="evaluation task whose instances are represented (Figure 4)")
+    represent_n: int = Field(300, ge=2, description="instances represented (the evaluation's own sample of the task)")
+    represent_instruction: int = Field(0, ge=0, description="index of the instruction within each group")
+    umap_neighbors: int = Field(15, ge=2, description="UMAP n_neighbors (capped at the number of points - 1)")
+    cit_run: Optional[str] = Field(None, description="run name of the CIT model ('base' = the base model)")
+    coin_run: Optional[str] = Field(None, description="run name of the COIN model")
+    lambda_runs: dict[str, str] = Field(
+        default_factory=dict, description="lambda value -> run name of the COIN model trained with it (Table 4 sweep)"
+    )
+
+
+class Params(_Section):
+    """All parameters of a run."""
+
+    base: Optional[str] = None
+    run: RunParams
+    model: ModelParams
+    data: DataParams = Field(default_factory=DataParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    analysis: AnalysisParams = Field(default_factory=AnalysisParams)
+
+    # ------------------------------------------------------------------ derived paths
+    @property
+    def run_dir(self) -> Path:
+        return _repo_path(self.run.output_root) / self.run.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return _repo_path(self.run.figures_root) / self.run.name
+
+    @property
+    def data_dir(self) -> Path:
+        """Built data is shared by runs with the same data section, seed and mirror (CIT and COIN runs)."""
+        key = json.dumps([self.data.model_dump(), self.run.seed], sort_keys=True)
+        return _repo_path(self.run.output_root) / "data" / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(by_alias=True, exclude={"base"}), sort_keys=False)
+
+
+def _repo_path(p: str) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+# ------------------------------------------------------------------------------------------- loading
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a parameter file; syntax errors name the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found. Fix: pass an existing file (see {PARAMS_DIR})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ParamsError(f"{path}:{where}: YAML syntax error: {problem}. Fix the file's syntax.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    return data
+
+
+def _resolve_base(name: str, relative_to: Path | None) -> Path:
+    p = Path(name)
+    candidates = [p] if p.is_absolute() else [c / p for c in (relative_to, PARAMS_DIR) if c is not None]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ParamsError(f"base file {name!r} not found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+def _merged_raw(values: dict[str, Any], where: str, relative_to: Path | None, seen: tuple[Path, ...] = ()) -> dict:
+    """Deep-merge ``values`` over the chain of bases it names."""
+    base = values.get("base", DEFAULT_BASE)
+    if base is None:
+        return {k: v for k, v in values.items() if k != "base"}
+    base_path = _resolve_base(base, relative_to).resolve()
+    if base_path in seen:
+        raise ParamsError(f"{where}: base files form a cycle: {' -> '.join(str(s) for s in seen + (base_path,))}")
+    parent = _merged_raw(read_yaml(base_path), str(base_path), base_path.parent, seen + (base_path,))
+    return deep_merge(parent, {k: v for k, v in values.items() if k != "base"})
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` over ``base``, recursing into mappings."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(values: dict[str, Any], where: str = "parameters", relative_to: Path | None = None) -> Params:
+    """Resolve bases and validate; raise :class:`ParamsError` listing every problem."""
+    unknown = [k for k in values if k not in SECTIONS and k != "base"]
+    if unknown:
+        raise ParamsError("\n".join(_unknown_key_message(where, k, (*SECTIONS, "base")) for k in unknown))
+    raw = _merged_raw(values, where, relative_to)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError("\n".join(_describe(where, err) for err in exc.errors())) from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Load and validate a parameter file."""
+    path = Path(path)
+    return validate(read_yaml(path), str(path), path.parent)
+
+
+def load_params_or_exit(path: str | Path) -> Params:
+    """:func:`load_params` for command-line entry points: an invalid file exits with status 2 and the message."""
+    try:
+        return load_params(path)
+    except ParamsError as exc:
+        print(f"[coin] invalid parameters:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters") -> Params:
+    """Validate the variables of a notebook's ``parameters`` cell (and any papermill injected after it).
+
+    Call it in the first cell after the parameters: any other plain-data global is reported as an
+    unknown key, so a misspelt section in a ``-f`` file does not pass silently.
+    """
+    plain = (dict, list, str, int, float, bool, type(None))
+    ignored = {"In", "Out", "exit", "quit", "get_ipython"}
+    values = {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and k not in ignored and isinstance(v, plain)
+    }
+    return validate(values, where)
+
+
+# ------------------------------------------------------------------------------------------- messages
+def _unknown_key_message(where: str, key: str, allowed: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(key).rsplit(".", 1)[-1], [str(a) for a in allowed], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{where}: unknown key {key!r}{hint} Allowed here: {', '.join(map(str, allowed))}."
+
+
+def _field_info(loc: tuple):
+    """The pydantic field at a validation-error location (None past a non-model field)."""
+    model: Any = Params
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Key names allowed in the section at ``loc``."""
+    model = _field_info(loc).annotation if loc else Params
+    return [f.alias or n for n, f in getattr(model, "model_fields", {}).items()]
+
+
+def _describe(where: str, err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        return _unknown_key_message(where, key, _fields_at(loc[:-1]))
+    if err["type"] == "missing":
+        field = _field_info(loc)
+        desc = f" ({field.description})" if field is not None and field.description else ""
+        return f"{where}: missing required key {key!r}{desc}. Fix: set it, or build on a base file that does."
+    got = err.get("input")
+    return f"{where}: {key}: {err['msg']}; got {got!r} ({type(got).__name__})."
+

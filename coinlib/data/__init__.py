@@ -1,0 +1,2 @@
+"""Stage 1, the contrastive training data: FLAN templates, original/positive/hard-negative entries, perturbed
+positives."""

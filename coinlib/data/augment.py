@@ -1,0 +1,54 @@
+"""Perturbed instructions as extra training positives (the paper's limitation section asks for it).
+
+For an entry rendered with template t, the extra positive renders the same instance with t *perturbed*: the
+template text is changed at the given level before rendering, so only the instruction changes, never the
+instance. FLAN placeholders (``{premise}``, ``{options_}``), the instance's answer options and the
+answer-format words are protected. An extra row keeps every column of its entry, with
+``pos_template_id == template_id`` (a regular positive always uses another template) and ``pos_prompt`` the
+perturbed rendering. Rows follow their entry; ``entry_id`` is renumbered in order.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from coinlib.data.flan import TaskPool, render
+from coinlib.perturb import perturb_instruction, protected_terms
+from coinlib.perturb.promptset import variant_seed
+
+TRAINING_LEVELS = ("character", "word", "sentence", "stresstest", "semantic")
+
+
+def add_perturbed_positives(entries: list[dict[str, Any]], pools: Iterable[TaskPool], levels: Iterable[str],
+                            seed: int = 0, budget: int = 2, **options) -> list[dict[str, Any]]:
+    """``entries`` with, after each one, one extra row per level whose positive is the perturbed template.
+
+    ``options`` go to :func:`coinlib.perturb.perturb_instruction` (e.g. ``synonyms=``, ``generate=``). A level
+    that leaves a template unchanged adds no row for that entry.
+    """
+    levels = list(levels)
+    bad = [lv for lv in levels if lv not in TRAINING_LEVELS]
+    if bad:
+        raise ValueError(f"unknown perturbation levels {bad}; choose from {TRAINING_LEVELS}")
+    if not levels:
+        return entries
+    by_task = {p.name: p for p in pools}
+    examples = {name: {e.instance_id: e for e in p.examples} for name, p in by_task.items()}
+    templates = {name: {t.template_id: t for t in p.templates} for name, p in by_task.items()}
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        out.append(entry)
+        task = entry["task"]
+        template = templates[task][entry["template_id"]]
+        example = examples[task][entry["instance_id"]]
+        option_words = {w for o in example.options for w in re.findall(r"[A-Za-z]+(?:_[A-Za-z]+)*", o)}
+        protected = protected_terms(None, option_words)
+        for k, level in enumerate(levels):
+            text = perturb_instruction(template.input, level, seed=variant_seed(seed, task, 31 * entry["entry_id"] + k),
+                                       protected=protected, budget=budget, **options)
+            if text == template.input:
+                continue
+            prompt = render(text, example.fields, f"task {task} template {template.template_id} ({level})")
+            out.append({**entry, "pos_template_id": entry["template_id"], "pos_prompt": prompt})
+    return [{**e, "entry_id": i} for i, e in enumerate(out)]

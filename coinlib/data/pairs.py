@@ -1,0 +1,386 @@
+"""The contrastive training set: originals, positives (same instance, another template) and hard negatives.
+
+Paper sections 3.2 and 4.1: tasks are visited round-robin; each visit takes the task's next instance x
+(output y) and a template t. The positive renders x with another template t' of the same task (a
+paraphrased instruction, same output); the hard negative renders another instance x' with output y' != y
+with the same template t. Every row records task, template ids and instance ids, so each pair can be
+traced to its source rows. All choices come from per-task generators seeded by ``(seed, task index)``.
+
+:func:`load_or_build` is the entry point: it builds ``P.data_dir`` (dataset, JSONL, Table-2-style counts,
+build report) once, atomically, and loads it afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import numpy as np
+
+from coinlib.core.sampling import EVAL_SAMPLE_SEED, EVAL_SPLITS, sample_indices
+from coinlib.core.sources import DATASETS, SourceUnavailable, load_split, read_jsonl, resolve_mirror
+from coinlib.data.augment import add_perturbed_positives
+from coinlib.data.flan import (
+    ADAPTERS,
+    TASKS,
+    Example,
+    FlanTemplates,
+    TaskAdapter,
+    TaskPool,
+    load_templates,
+    render,
+    render_example,
+    usable_templates,
+)
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas as pd
+
+    from coinlib.core.params import Params
+
+log = logging.getLogger(__name__)
+
+#: Short names accepted in ``data.tasks`` besides FLAN's task names.
+ALIASES: dict[str, list[str]] = {
+    "anli": ["anli_r1", "anli_r2", "anli_r3"], "mnli": ["mnli_matched", "mnli_mismatched"],
+    "mrpc": ["glue_mrpc"], "qqp": ["glue_qqp"], "paws": ["paws_wiki"], "imdb": ["imdb_reviews"],
+    "yelp": ["yelp_polarity_reviews"], "boolq": ["bool_q"], "ag_news": ["ag_news_subset"],
+}
+COLUMNS = ["entry_id", "task", "category", "template_id", "pos_template_id", "instance_id", "neg_instance_id",
+           "prompt", "target", "pos_prompt", "neg_prompt", "neg_target", "options"]
+
+
+class DataError(ValueError):
+    """Data cannot be built as configured; the message names the problem and the fix."""
+
+
+class LeakageError(DataError):
+    """An evaluation instruction occurs in a training entry."""
+
+
+@dataclass
+class Skip:
+    """A task left out of the build, with the reason."""
+
+    task: str
+    reason: str
+
+
+@dataclass
+class Pools:
+    """Everything :func:`load_pools` found: usable pools, skipped tasks, excluded templates."""
+
+    pools: list[TaskPool] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    templates_source: str = ""
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def resolve_tasks(names: Iterable[str]) -> list[str]:
+    """FLAN task names for ``names`` (``all``, FLAN names or :data:`ALIASES`), in Table 2 order, no duplicates."""
+    wanted: set[str] = set()
+    for name in names:
+        key = str(name).strip().lower()
+        if key == "all":
+            wanted.update(TASKS)
+        elif key in ADAPTERS:
+            wanted.add(key)
+        elif key in ALIASES:
+            wanted.update(ALIASES[key])
+        else:
+            close = difflib.get_close_matches(key, [*TASKS, *ALIASES], n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(TASKS)}; "
+                            f"aliases: {', '.join(ALIASES)}.")
+    if not wanted:
+        raise DataError("data.tasks is empty. Fix: list FLAN task names, or use [all].")
+    return [t for t in TASKS if t in wanted]
+
+
+# ------------------------------------------------------------------------------------------ pools
+def _read_rows(adapter: TaskAdapter, mirror: str | os.PathLike | None) -> list[tuple[tuple[Optional[str], str], list[dict]]]:
+    """Rows per ``(config, split)``: every mirror file the adapter names, or the hub's training splits."""
+    root = resolve_mirror(mirror)
+    source = DATASETS[adapter.dataset]
+    if root is None:
+        return [((adapter.config, s), load_split(adapter.dataset, adapter.config, s, None).to_list())
+                for s in adapter.splits]
+    files = [(c, s) for c, s in adapter.mirror_files() if source.mirror_path(root, c, s).is_file()]
+    if not files:
+        wanted = ", ".join(f"{c or 'default'}/{s}" for c, s in adapter.mirror_files())
+        raise SourceUnavailable(f"no mirror file for {source.hub_id} ({wanted}) in the mirror's hf/ folder")
+    # Same rows as load_split gives for a mirror file, without the round trip through Arrow.
+    return [((c, s), read_jsonl(source.mirror_path(root, c, s))) for c, s in files]
+
+
+def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLike | None = "auto",
+              holdout: int = 300) -> TaskPool:
+    """The task's instances (evaluation holdout and FLAN-filtered rows removed, inputs de-duplicated).
+
+    Rows of a GLUE evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude the evaluation
+    sample of ``holdout`` rows (:func:`coinlib.core.sampling.sample_indices`, seed ``EVAL_SAMPLE_SEED``).
+    Raises :class:`DataError` for an empty source file, fewer than two usable templates, or fewer than two
+    distinct outputs; :class:`~coinlib.core.sources.SourceUnavailable` when the data cannot be found.
+    """
+    templates, excluded = usable_templates(adapter, flan)
+    if len(templates) < 2:
+        raise DataError(f"task {adapter.name}: {len(templates)} usable template(s); positives need two. "
+                        f"Excluded: {[(e.template_id, e.reason) for e in excluded]}. Fix: drop the task from data.tasks.")
+    options = flan.options.get(adapter.key)
+    examples: list[Example] = []
+    seen: set[tuple] = set()
+    held = dropped = 0
+    parts = []
+    for (config, split), rows in _read_rows(adapter, mirror):
+        name = f"{adapter.dataset}/{config or 'default'}/{split}"
+        if not rows:
+            raise DataError(f"task {adapter.name}: source {name} has no rows. Fix: re-create that mirror file, "
+                            "or remove the task from data.tasks.")
+        exclude: set[int] = set()
+        if (adapter.dataset, config, split) in set(EVAL_SPLITS.values()):
+            exclude = set(sample_indices(len(rows), holdout, EVAL_SAMPLE_SEED))
+            held += len(exclude)
+        parts.append(f"{name} ({len(rows)} rows" + (f", {len(exclude)} evaluation rows held out)" if exclude else ")"))
+        for i, row in enumerate(rows):
+            if i in exclude:
+                continue
+            ex = adapter.example(row, options, f"{name}/{i}")
+            key = None if ex is None else tuple(sorted(
+                (k, v) for k, v in ex.fields.items() if k not in {"answer", *adapter.answer_aliases}))
+            if ex is None or key in seen:
+                dropped += 1
+                continue
+            seen.add(key)
+            examples.append(ex)
+    pool = TaskPool(adapter, examples, templates, excluded, "; ".join(parts), held, dropped)
+    if examples and len({e.answer for e in examples}) < 2:
+        raise DataError(f"task {adapter.name}: all {len(examples)} instances have the output "
+                        f"{examples[0].answer!r}; a hard negative needs another output. Fix: drop the task or add data.")
+    return pool
+
+
+def load_pools(tasks: Iterable[str], mirror: str | os.PathLike | None = "auto", holdout: int = 300,
+               flan: FlanTemplates | None = None) -> Pools:
+    """Pools of the requested tasks; tasks without data (or with every row held out) become named skips."""
+    flan = flan or load_templates(mirror)
+    out = Pools(templates_source=flan.source)
+    for name in resolve_tasks(tasks):
+        try:
+            pool = load_pool(ADAPTERS[name], flan, mirror, holdout)
+        except SourceUnavailable as exc:
+            out.skips.append(Skip(name, f"no data: {exc}"))
+            continue
+        if not pool.examples:
+            out.skips.append(Skip(name, f"no usable rows left in {pool.source}"))
+            continue
+        out.pools.append(pool)
+    if out.skips:
+        log.warning("skipped tasks: %s", "; ".join(f"{s.task} ({s.reason})" for s in out.skips))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ entries
+class _TaskSampler:
+    """Per-task draws: next instance (round-robin cursor over a seeded permutation), templates, negatives."""
+
+    def __init__(self, pool: TaskPool, seed: int, replacement: bool):
+        self.pool = pool
+        self.rng = np.random.default_rng([seed, TASKS.index(pool.name)])
+        self.replacement = replacement
+        self.order = self.rng.permutation(len(pool.examples))
+        self.cursor = 0
+        answers = np.array(_answer_codes(pool.examples))
+        self.answers = answers
+        self.others = {int(a): np.flatnonzero(answers != a) for a in np.unique(answers)}
+
+    def next_index(self) -> Optional[int]:
+        if self.cursor == len(self.order):
+            if not self.replacement:
+                return None
+            self.order = self.rng.permutation(len(self.order))
+            self.cursor = 0
+        self.cursor += 1
+        return int(self.order[self.cursor - 1])
+
+    def entry(self, i: int) -> dict[str, Any]:
+        pool, rng = self.pool, self.rng
+        n_t = len(pool.templates)
+        a = int(rng.integers(n_t))
+        b = (a + 1 + int(rng.integers(n_t - 1))) % n_t
+        others = self.others[int(self.answers[i])]
+        j = int(others[rng.integers(len(others))])
+        t, t_pos = pool.templates[a], pool.templates[b]
+        x, x_neg = pool.examples[i], pool.examples[j]
+        prompt, target = render_example(t, x, pool.name)
+        neg_prompt, neg_target = render_example(t, x_neg, pool.name)
+        return {
+            "task": pool.name, "category": pool.adapter.category,
+            "template_id": t.template_id, "pos_template_id": t_pos.template_id,
+            "instance_id": x.instance_id, "neg_instance_id": x_neg.instance_id,
+            "prompt": prompt, "target": target,
+            "pos_prompt": render(t_pos.input, x.fields, f"task {pool.name} template {t_pos.template_id}"),
+            "neg_prompt": neg_prompt, "neg_target": neg_target, "options": list(x.options),
+        }
+
+
+def _answer_codes(examples: list[Example]) -> list[int]:
+    codes: dict[str, int] = {}
+    return [codes.setdefault(e.answer, len(codes)) for e in examples]
+
+
+def build_entries(pools: list[TaskPool], size: int, seed: int, replacement: bool = False,
+                  caps: Optional[dict[str, int]] = None, progress: bool = False) -> list[dict[str, Any]]:
+    """``size`` entries, one task at a time round-robin, until every task is exhausted or capped.
+
+    Without ``replacement`` a task leaves the rotation once each instance was used; with it, its pool is
+    reshuffled and reused. ``caps`` limits entries per task (e.g. the paper's Table 2 counts).
+    """
+    from tqdm.auto import tqdm
+
+    if not pools:
+        raise DataError("no task has data to build from. Fix: check data.tasks and the mirror (run.mirror).")
+    samplers = [_TaskSampler(p, seed, replacement) for p in pools]
+    counts: Counter[str] = Counter()
+    entries: list[dict[str, Any]] = []
+    active = list(samplers)
+    with tqdm(total=size, desc="entries", disable=not progress, mininterval=1.0) as bar:
+        while active and len(entries) < size:
+            for s in list(active):
+                if len(entries) >= size:
+                    break
+                i = None if caps and counts[s.pool.name] >= caps.get(s.pool.name, size) else s.next_index()
+                if i is None:
+                    active.remove(s)
+                    continue
+                entries.append({"entry_id": len(entries), **s.entry(i)})
+                counts[s.pool.name] += 1
+                bar.update()
+    if len(entries) < size:
+        log.warning("built %d of %d entries: every task is exhausted or capped (set data.replacement to reuse "
+                    "instances)", len(entries), size)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------ leakage
+def eval_instructions(prompt_sets: Iterable[str], mirror: str | os.PathLike | None = "auto") -> list[tuple[str, str, str]]:
+    """``(set/group, task, instruction)`` for every instruction of the prompt sets (names or JSON/YAML paths).
+
+    Sets are read with :func:`coinlib.core.promptsets.load_prompt_set`, exactly as the evaluation reads them.
+    """
+    from coinlib.core.promptsets import load_prompt_set
+
+    out = []
+    for name in prompt_sets:
+        for group, tasks in load_prompt_set(name, mirror).items():
+            for task, texts in tasks.items():
+                out += [(f"{name}/{group}", task, t) for t in texts if isinstance(t, str) and t.strip()]
+    if not out:
+        raise DataError(f"prompt sets {list(prompt_sets)} hold no instructions; the leakage guard would check nothing.")
+    return out
+
+
+def check_leakage(entries: list[dict[str, Any]], instructions: list[tuple[str, str, str]]) -> None:
+    """Raise :class:`LeakageError` if any instruction (whitespace-stripped) occurs in a prompt of an entry."""
+    columns = ("prompt", "pos_prompt", "neg_prompt")
+    blob = "\x00".join({e[c] for e in entries for c in columns})
+    leaks = [(g, task, text.strip()) for g, task, text in instructions if text.strip() in blob]
+    if not leaks:
+        return
+    lines = []
+    for g, task, text in leaks[:5]:
+        e = next(e for e in entries if any(text in e[c] for c in columns))
+        lines.append(f"  {g} [{task}] {text!r} occurs in entry {e['entry_id']} (task {e['task']}, "
+                     f"template {e['template_id']}/{e['pos_template_id']})")
+    raise LeakageError(f"{len(leaks)} evaluation instruction(s) occur in the training data:\n" + "\n".join(lines)
+                       + "\nFix: remove the task or template from data.tasks, or the instruction from the prompt set.")
+
+
+# ------------------------------------------------------------------------------------------ tables
+def task_counts(entries: list[dict[str, Any]], pools: Pools) -> "pd.DataFrame":
+    """Table-2-style counts: one row per requested task, the paper's count beside ours."""
+    import pandas as pd
+
+    built = Counter(e["task"] for e in entries)
+    by_name = {p.name: p for p in pools.pools}
+    skips = {s.task: s.reason for s in pools.skips}
+    rows = []
+    for name in [t for t in TASKS if t in by_name or t in skips]:
+        a, p = ADAPTERS[name], by_name.get(name)
+        rows.append({
+            "category": a.category, "task": name, "dataset": a.display, "paper_count": a.paper_count,
+            "entries": built.get(name, 0), "pool_size": len(p.examples) if p else 0,
+            "held_out": p.held_out if p else 0, "templates_used": len(p.templates) if p else 0,
+            "templates": " ".join(str(t.template_id) for t in p.templates) if p else "",
+            "status": "ok" if p else f"skipped: {skips[name]}", "source": p.source if p else "",
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ build / load
+def _check_holdout(P: "Params") -> None:
+    seed = getattr(P.evaluate, "sample_seed", EVAL_SAMPLE_SEED)
+    if seed != EVAL_SAMPLE_SEED or P.evaluate.n_per_task > P.data.eval_holdout:
+        raise DataError(
+            f"evaluation samples {P.evaluate.n_per_task} rows per task (seed {seed}) but training holds out only the "
+            f"{P.data.eval_holdout}-row evaluation sample (seed {EVAL_SAMPLE_SEED}): evaluated rows could be trained on. "
+            "Fix: set data.eval_holdout >= evaluate.n_per_task (and use coinlib.core.sampling's seed).")
+
+
+def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
+    """Build the dataset for ``P`` and write it to ``P.data_dir`` atomically (see :func:`load_or_build`)."""
+    import datasets
+
+    _check_holdout(P)
+    mirror = P.run.mirror
+    pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
+    caps = {p.name: p.adapter.paper_count for p in pools.pools} if P.data.task_caps == "table2" else None
+    entries = build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement, caps, progress)
+    if P.data.extra_positive_levels:  # perturbed own template as extra positives (coinlib.data.augment)
+
+        entries = add_perturbed_positives(entries, pools.pools, P.data.extra_positive_levels, P.run.seed)
+    prompt_sets = list(dict.fromkeys([*P.data.eval_prompt_sets, P.evaluate.prompt_set]))
+    check_leakage(entries, eval_instructions(prompt_sets, mirror))
+    counts = task_counts(entries, pools)
+    ds = datasets.Dataset.from_list(entries)
+
+    out = P.data_dir
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ds.save_to_disk(str(tmp / "dataset"))
+    with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
+        for e in entries:
+            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+    counts.to_csv(tmp / "task_counts.csv", index=False)
+    report = {
+        "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
+        "templates_source": pools.templates_source,
+        "skipped": [vars(s) for s in pools.skips],
+        "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
+        "prompt_sets_checked": prompt_sets,
+    }
+    (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return datasets.load_from_disk(str(out / "dataset"))
+
+
+def load_or_build(P: "Params", progress: bool = True) -> "datasets.Dataset":
+    """The built dataset for ``P``: loaded from ``P.data_dir/dataset`` if present, else built there first.
+
+    ``P.data_dir`` then holds ``dataset/`` (``save_to_disk``), ``entries.jsonl``, ``task_counts.csv``
+    (Table-2-style) and ``build_report.json`` (skipped tasks, excluded templates, checked prompt sets).
+    """
+    import datasets
+
+    _check_holdout(P)
+    if (P.data_dir / "dataset").is_dir():
+        return datasets.load_from_disk(str(P.data_dir / "dataset"))
+    return build(P, progress)

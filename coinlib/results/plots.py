@@ -1,0 +1,251 @@
+"""Figures of the analyses in one seaborn style, saved as PNG and PDF with the CSV behind each.
+
+Colours are fixed per perturbation group and per model role, so a group or a model looks the same in every figure.
+Names say what a figure shows and which paper figure or table it corresponds to (``fig4_umap_cola``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
+
+from coinlib.core.fileio import atomic_write
+from coinlib.results.tables import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES
+
+GROUP_COLORS = {
+    "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
+    "semantic": "#9467bd", "average": "#222222",
+}
+GROUP_LABELS = {
+    "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
+    "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
+}
+ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
+SOURCE_LABELS = {"paper": "paper", "ours": "ours"}
+
+
+def use_style() -> None:
+    """The one style of every figure of the project."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1,
+                  rc={"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "axes.titleweight": "bold"})
+
+
+def source_title(source: str, model: str) -> str:
+    """Panel title naming whose numbers these are and the model (scale) they come from."""
+    return f"{SOURCE_LABELS.get(source, source)}: {model}"
+
+
+def save_figure(fig: plt.Figure, data: pd.DataFrame, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name``.png, .pdf and .csv (the data drawn) into ``out_dir``, each atomically; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        paths.append(atomic_write(out_dir / f"{name}.{ext}", lambda tmp, ext=ext: fig.savefig(tmp, format=ext)))
+    paths.append(atomic_write(out_dir / f"{name}.csv", lambda tmp: data.to_csv(tmp, index=False)))
+    return paths
+
+
+def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markdown: str | None = None) -> list[Path]:
+    """Write ``name``.csv (unless ``table`` is None) and ``name``.md (when given) atomically; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [] if table is None else [atomic_write(out_dir / f"{name}.csv", lambda tmp: table.to_csv(tmp, index=False))]
+    if markdown is not None:
+        paths.append(atomic_write(out_dir / f"{name}.md", lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
+    """Table 1 as bars: accuracy per category and model role, error bars = std over instructions; one panel per source."""
+    use_style()
+    rows = comparison[comparison["role"].isin(ROLE_LABELS)]
+    panels = list(dict.fromkeys(zip(rows["source"], rows["model"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), sharey=True, squeeze=False)
+    roles = [r for r in ROLE_LABELS if r in set(rows["role"])]
+    cats = [c for c in TASK_CATEGORIES if c in set(rows["category"])]
+    width = 0.8 / max(len(roles), 1)
+    for ax, (source, model) in zip(axes[0], panels):
+        sub = rows[(rows["source"] == source) & (rows["model"] == model)].set_index(["role", "category"])
+        for i, role in enumerate(roles):
+            vals = [sub.loc[(role, c)] if (role, c) in sub.index else None for c in cats]
+            x = np.arange(len(cats)) + (i - (len(roles) - 1) / 2) * width
+            acc = [100 * v["mean_acc"] if v is not None else np.nan for v in vals]
+            err = [100 * v["std_acc"] if v is not None else np.nan for v in vals]
+            ax.bar(x, acc, width, yerr=err, capsize=3, color=ROLE_COLORS[role], label=ROLE_LABELS[role])
+        ax.set_xticks(np.arange(len(cats)), [CATEGORY_LABELS[c].replace(" ", "\n", 1) for c in cats])
+        ax.set_title(source_title(source, model))
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("accuracy (%), bars ± std over instructions")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("Accuracy by task category (paper Table 1)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lambda_ablation(comparison: pd.DataFrame) -> plt.Figure:
+    """Figure 5: accuracy and std by lambda (log scale) per perturbation group; rows = paper and ours."""
+    use_style()
+    panels = list(dict.fromkeys(zip(comparison["source"], comparison["model"])))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.3 * len(panels)), squeeze=False, sharex=True)
+    groups = [g for g in GROUP_COLORS if g in set(comparison["group"])]
+    for row, (source, model) in zip(axes, panels):
+        sub = comparison[(comparison["source"] == source) & (comparison["model"] == model)]
+        for ax, col, what in zip(row, ("mean_acc", "std_acc"), ("accuracy (%)", "std over instructions (%)")):
+            for g in groups:
+                line = sub[sub["group"] == g].sort_values("lambda")
+                ax.plot(line["lambda"], 100 * line[col], marker="o", color=GROUP_COLORS[g], label=GROUP_LABELS[g],
+                        lw=2.4 if g == "average" else 1.4, ls="-" if g == "average" else "--")
+            ax.set_xscale("log")
+            ax.set_ylabel(what)
+            ax.set_title(f"{source_title(source, model)}\n{what.split(' ')[0]}, {sub['n_tasks'].max()} tasks")
+    for ax in axes[-1]:
+        ax.set_xlabel("λ (upper bound of the contrastive weight)")
+    axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("COIN by λ (paper Figure 5 / Table 4)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_difference(paired: pd.DataFrame) -> plt.Figure:
+    """COIN minus CIT per group (output of :func:`coinlib.evaluate.compare.paired_bootstrap`): accuracy and std over
+    instructions, points with their bootstrap intervals; right of zero = COIN higher."""
+    use_style()
+    groups = list(paired["group"])
+    y = np.arange(len(groups))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(groups) + 1.6), sharey=True)
+    for ax, col, what in zip(axes, ("acc_diff", "instr_std_diff"),
+                             ("accuracy (points)", "std over instructions (points; lower = more robust)")):
+        est = 100 * paired[col].to_numpy()
+        err = 100 * np.abs(paired[[f"{col}_low", f"{col}_high"]].to_numpy().T - paired[col].to_numpy())
+        colors = [GROUP_COLORS.get(g, GROUP_COLORS["average"]) for g in groups]
+        for yi, e, lo, hi, c in zip(y, est, *err, colors):
+            ax.errorbar(e, yi, xerr=[[lo], [hi]], fmt="o", color=c, capsize=3)
+        ax.axvline(0, color="#444444", lw=1)
+        ax.set_xlabel(f"Δ {what}")
+    axes[0].set_yticks(y, [GROUP_LABELS.get(g, g) for g in groups])
+    n_inst, n_tasks = paired["n_instances"].iloc[0], paired["n_tasks"].iloc[0]
+    fig.suptitle(f"{paired['model_a'].iloc[0]} − {paired['model_b'].iloc[0]}, paired, 95% bootstrap intervals "
+                 f"({n_tasks} tasks, {n_inst} instances)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
+    """Figure 4: UMAP of last-token representations coloured by perturbation group, one panel per role (CIT, COIN).
+
+    ``points``: output of :func:`coinlib.results.represent.umap_points`; ``model``: base model name, for the titles.
+    """
+    use_style()
+    panels = list(dict.fromkeys(zip(points["role"], points["run"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
+    groups = [g for g in GROUP_COLORS if g in set(points["group"])]
+    for ax, (role, run) in zip(axes[0], panels):
+        sub = points[(points["role"] == role) & (points["run"] == run)]
+        for g in groups:
+            pts = sub[sub["group"] == g]
+            ax.scatter(pts["umap_x"], pts["umap_y"], s=12, alpha=0.75, color=GROUP_COLORS[g], label=GROUP_LABELS[g],
+                       edgecolors="none")
+        ax.set_title(f"{ROLE_LABELS.get(role, role)} (run {run!r})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, markerscale=2)
+    fig.suptitle(f"Last-token representations of instruction variants, {model} (paper Figure 4)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- Figure 3
+# Accuracy and std over instructions per perturbation group, models side by side.
+
+def figure3_data(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model x group: mean over tasks of the mean accuracy and of the std over instructions (``n_tasks``)."""
+    data = summary.groupby(["model", "group"], sort=False).agg(
+        mean_acc=("mean_acc", "mean"), std_acc=("std_acc", "mean"), n_tasks=("task", "nunique")).reset_index()
+    order = {g: i for i, g in enumerate(GROUP_LABELS)}
+    return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
+
+
+def plot_figure3(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt.Figure:
+    """Two panels (accuracy, std; in %) with one bar per model in each perturbation group.
+
+    ``roles`` maps model labels to "base", "cit" or "coin": those models get the role's colour of every figure
+    and a legend entry naming the role; models are drawn in the order base, CIT, COIN, then the others.
+    """
+    use_style()
+    roles = {m: r for m, r in (roles or {}).items() if r in ROLE_COLORS}
+    rank = {r: i for i, r in enumerate(ROLE_COLORS)}
+    models = sorted(dict.fromkeys(data["model"]), key=lambda m: rank.get(roles.get(m), len(rank)))
+    groups = list(dict.fromkeys(data["group"]))
+    others = iter(c for c in plt.get_cmap("tab10").colors if c not in ROLE_COLORS.values())
+    colors = {m: ROLE_COLORS[roles[m]] if m in roles else next(others) for m in models}
+    width = 0.8 / len(models)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.9))
+    for ax, col, title in zip(axes, ("mean_acc", "std_acc"), ("average accuracy (%)", "std over instructions (%)")):
+        table = data.pivot(index="group", columns="model", values=col).reindex(index=groups, columns=models)
+        for i, model in enumerate(models):
+            x = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
+            label = f"{ROLE_LABELS[roles[model]]} ({model})" if model in roles and roles[model] != model else model
+            ax.bar(x, 100 * table[model].to_numpy(), width, color=colors[model], label=label)
+        ax.set_xticks(np.arange(len(groups)), [GROUP_LABELS.get(g, g).replace(" (", "\n(") for g in groups],
+                      fontsize=8.5)
+        ax.set_title(title)
+    axes[0].set_ylim(0, 100)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="model")
+    n_tasks = int(data["n_tasks"].max())
+    fig.suptitle(f"Robustness to instruction variations over {n_tasks} GLUE task(s) (paper Figure 3)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- training curves
+# L_ent, L_ctr, the contrastive weight w and the cosines of a run, from its ``train_log.csv``.
+
+PANELS = [("loss_ent", "L_ent (generation)"), ("loss_ctr", "L_ctr (InfoNCE)"), ("weight", "w = min(λ, L_ent/L_ctr)"),
+          ("cos", "cosine to original")]
+
+
+def read_log(run_dir: str | Path) -> pd.DataFrame:
+    """The run's training log; a clear message when the run has not been trained yet."""
+    path = Path(run_dir) / "train_log.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found. Fix: train the run first (notebook 02 or coinlib.train.trainer.train(P)).")
+    return pd.read_csv(path)
+
+
+def plot_training_curves(log: pd.DataFrame, title: str = "") -> plt.Figure:
+    """One panel per quantity against the optimizer step; CIT runs (no L_ctr) leave the contrastive panels empty."""
+    use_style()
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
+    for ax, (col, label) in zip(axes, PANELS):
+        if col == "cos":
+            for c, name in (("cos_pos", "positive"), ("cos_neg", "hard negative")):
+                if log[c].notna().any():
+                    ax.plot(log["step"], log[c], marker="o", label=name)
+            ax.legend(fontsize=8)
+        elif log[col].notna().any():
+            ax.plot(log["step"], log[col], marker="o")
+        else:
+            ax.text(0.5, 0.5, "contrastive term off (CIT)", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=label, xlabel="step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_training_curves(run_dir: str | Path, figures_dir: str | Path, title: str = "") -> list[Path]:
+    """Plot the run's curves to ``figures_dir``/training_curves.{png,pdf,csv}."""
+    log = read_log(run_dir)
+    fig = plot_training_curves(log, title)
+    cols = ["step", "loss", "loss_ent", "loss_ctr", "weight", "cos_pos", "cos_neg"]
+    paths = save_figure(fig, log[cols], figures_dir, "training_curves")
+    plt.close(fig)
+    return paths

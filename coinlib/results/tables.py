@@ -1,0 +1,227 @@
+"""The paper's tables from tidy evaluation summaries, ours beside the paper's.
+
+Every function takes summary-shaped rows (one per model x task x group with ``mean_acc`` and ``std_acc``, see the
+evaluation contract) so the paper's own numbers (:mod:`coinlib.core.reference`) and ours go through the same code.
+
+Aggregation rules, as the paper's tables do it (checked against its numbers in tests/test_report.py):
+- task categories (Table 1, categories of Table 5): accuracy = mean of the per-task-and-group mean accuracies,
+  std = mean of the per-task-and-group stds over instructions. NLI includes MNLI-m and MNLI-mm besides MNLI
+  (only that reproduces Table 1 from Table 3).
+- averages over tasks (the "Average" column of Tables 3 and 4): accuracy = mean over tasks, std = population std of
+  all per-instruction accuracies pooled over tasks (sqrt(mean of variances + variance of means)).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from coinlib.core.params import ALL_GROUPS
+from coinlib.core.reference import PAPER_MODEL, paper_tables
+from coinlib.results.inputs import lambda_runs, role_runs, summaries_for_runs
+
+if TYPE_CHECKING:
+    from coinlib.core.params import Params
+
+TASK_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "sentiment": ("sst2",),
+    "grammar": ("cola",),
+    "paraphrase": ("qqp", "mrpc"),
+    "nli": ("mnli", "mnli_matched", "mnli_mismatched", "qnli", "rte", "wnli"),
+}
+CATEGORY_LABELS = {
+    "sentiment": "Sentiment Analysis", "grammar": "Grammar Correctness",
+    "paraphrase": "Paraphrase Identification", "nli": "Natural Language Inference",
+}
+ROLE_LABELS = {"base": "Base", "cit": "CIT", "coin": "COIN"}
+
+
+def category_of(task: str) -> str | None:
+    """Task category (Table 5) of a GLUE task, or None for a task outside the four categories."""
+    return next((cat for cat, tasks in TASK_CATEGORIES.items() if task in tasks), None)
+
+
+def pooled_std(means: Sequence[float], stds: Sequence[float]) -> float:
+    """Population std of the union of equally sized samples given each sample's mean and population std."""
+    means, stds = np.asarray(means, float), np.asarray(stds, float)
+    return float(np.sqrt(np.mean(stds**2) + np.var(means)))
+
+
+def _pool(frame: pd.DataFrame, by: list[str], count: str) -> pd.DataFrame:
+    rows = [
+        {**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+         "mean_acc": float(g["mean_acc"].mean()), "std_acc": pooled_std(g["mean_acc"], g["std_acc"]),
+         count: len(g)}
+        for key, g in frame.groupby(by, sort=False, dropna=False)
+    ]
+    return pd.DataFrame(rows, columns=[*by, "mean_acc", "std_acc", count])
+
+
+def average_over_tasks(summary: pd.DataFrame, by: Sequence[str] = ("model", "group")) -> pd.DataFrame:
+    """The tables' "Average" column: per ``by`` key, mean accuracy over tasks and pooled std (see module doc)."""
+    _require(summary, [*by, "task", "mean_acc", "std_acc"])
+    rows = summary[summary["task"] != "average"]
+    return _pool(rows, list(by), "n_tasks")
+
+
+def average_over_groups(averages: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Pool per-group averages (output of :func:`average_over_tasks`) into one row per ``by`` key, group "average"."""
+    _require(averages, [*by, "group", "mean_acc", "std_acc"])
+    out = _pool(averages, list(by), "n_groups")
+    return out.assign(group=ALL_GROUPS)
+
+
+def task_categories(summary: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
+    """Table 1: per ``by`` key and task category, mean accuracy and mean std over its task x group rows.
+
+    Tasks outside the four categories are ignored. ``tasks`` and ``n_groups`` say what each row covers.
+    """
+    _require(summary, [*by, "task", "group", "mean_acc", "std_acc"])
+    rows = summary.assign(category=summary["task"].map(category_of)).dropna(subset=["category"])
+    out = (
+        rows.groupby([*by, "category"], sort=False)
+        .agg(mean_acc=("mean_acc", "mean"), std_acc=("std_acc", "mean"),
+             tasks=("task", lambda t: " ".join(sorted(set(t)))), n_groups=("group", "nunique"))
+        .reset_index()
+    )
+    order = {c: i for i, c in enumerate(TASK_CATEGORIES)}
+    return out.sort_values([*by, "category"], key=lambda s: s.map(order) if s.name == "category" else s,
+                           kind="stable").reset_index(drop=True)
+
+
+def matched_to(paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """Paper rows restricted to the (task, group) pairs that ours covers, for a like-for-like comparison."""
+    covered = ours[["task", "group"]].drop_duplicates()
+    return paper.merge(covered, on=["task", "group"], how="inner")
+
+
+def category_comparison(ours: pd.DataFrame, our_model: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 1 for the paper and for us, long format, with COIN minus CIT rows.
+
+    ``ours``: summary rows with a ``role`` column ("cit", "coin"). ``paper``: Table 3 rows (default: the stored
+    ones); they are matched to the tasks and groups ours covers, so with full coverage they give the paper's Table 1.
+    Columns: source (paper/ours), model (name and scale), role, category, mean_acc, std_acc, tasks, n_groups.
+    """
+    if not ours["task"].map(category_of).notna().any():
+        raise ValueError(f"none of the evaluated tasks ({', '.join(sorted(set(ours['task'])))}) is in a Table 5 "
+                         f"category ({', '.join(t for ts in TASK_CATEGORIES.values() for t in ts)}); evaluate one")
+    paper = paper_glue(3) if paper is None else paper
+    paper = matched_to(paper[paper["model"].isin(["cit", "coin"])].assign(role=paper["model"]), ours)
+    parts = []
+    for source, model, rows in (("paper", PAPER_MODEL, paper), ("ours", our_model, ours)):
+        cats = task_categories(rows, by=["role"])
+        parts.append(_with_delta(cats, ["category"]).assign(source=source, model=model))
+    cols = ["source", "model", "role", "category", "mean_acc", "std_acc", "tasks", "n_groups"]
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
+def lambda_comparison(ours: pd.DataFrame, our_model: str, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 4 / Figure 5 for the paper and for us: per lambda and group, average over tasks; plus group "average".
+
+    ``ours``: summary rows with a numeric ``lambda`` column. ``paper``: Table 4 rows (default: stored), matched to
+    the tasks and groups ours covers (all of them: the paper's Average column). Columns: source, model, lambda,
+    group, mean_acc, std_acc, n_tasks.
+    """
+    paper = paper_glue(4) if paper is None else paper
+    parts = []
+    for source, model, rows in (("paper", PAPER_MODEL, matched_to(paper, ours)), ("ours", our_model, ours)):
+        per_group = average_over_tasks(rows, by=["lambda", "group"])
+        overall = average_over_groups(per_group, by=["lambda"]).assign(n_tasks=per_group["n_tasks"].max())
+        both = pd.concat([per_group, overall.drop(columns="n_groups")], ignore_index=True)
+        parts.append(both.assign(source=source, model=model))
+    out = pd.concat(parts, ignore_index=True)
+    return out[["source", "model", "lambda", "group", "mean_acc", "std_acc", "n_tasks"]]
+
+
+def ours_by_role(P: "Params") -> pd.DataFrame:
+    """Our summary rows of the CIT and COIN runs (``analysis.cit_run`` / ``coin_run``) with a ``role`` column."""
+    rows = summaries_for_runs(P, role_runs(P), "the model of role")
+    return rows.rename(columns={"key": "role"})
+
+
+def ours_by_lambda(P: "Params") -> pd.DataFrame:
+    """Our summary rows of the lambda sweep (``analysis.lambda_runs``) with a numeric ``lambda`` column."""
+    rows = summaries_for_runs(P, lambda_runs(P), "the COIN run of lambda")
+    return rows.rename(columns={"key": "lambda"}).astype({"lambda": float})
+
+
+def best_lambda(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per source, the lambda with the highest accuracy averaged over groups (the paper: 1000)."""
+    overall = comparison[comparison["group"] == ALL_GROUPS]
+    best = overall.loc[overall.groupby(["source", "model"], sort=False)["mean_acc"].idxmax()]
+    return best[["source", "model", "lambda", "mean_acc", "std_acc"]].reset_index(drop=True)
+
+
+def _with_delta(cats: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+    """Append rows ``role = "coin - cit"`` with the differences of accuracy and std."""
+    wide = cats.pivot_table(index=on, columns="role", values=["mean_acc", "std_acc"], sort=False)
+    if not {"cit", "coin"} <= set(cats["role"]):
+        return cats
+    delta = pd.DataFrame({
+        "mean_acc": wide[("mean_acc", "coin")] - wide[("mean_acc", "cit")],
+        "std_acc": wide[("std_acc", "coin")] - wide[("std_acc", "cit")],
+    }).reset_index().assign(role="coin - cit")
+    meta = cats[cats["role"] == "coin"][[*on, "tasks", "n_groups"]]
+    return pd.concat([cats, delta.merge(meta, on=on)], ignore_index=True)
+
+
+def paper_glue(table: int) -> pd.DataFrame:
+    """The paper's per-task rows of Table 3 or 4 (without its "Average" column)."""
+    rows = paper_tables(table)
+    return rows[rows["task"] != "average"].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def pct(mean: float, std: float | None = None, signed: bool = False) -> str:
+    """``"69.2 ± 11.1"`` from fractions (``signed`` prefixes + to positive means, for differences)."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    head = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    if std is None or pd.isna(std):
+        return head
+    return f"{head} / {100 * std:+.1f}" if signed else f"{head} ± {100 * std:.1f}"
+
+
+def category_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 layout from :func:`category_comparison`: one row per category, "acc ± std" cells per source and role."""
+    cells = comparison.assign(
+        column=comparison["source"] + " " + comparison["model"] + ": " + comparison["role"].map(
+            lambda r: ROLE_LABELS.get(r, "Δ (COIN − CIT)")),
+        cell=[pct(m, s, signed=(r == "coin - cit")) for m, s, r in
+              zip(comparison["mean_acc"], comparison["std_acc"], comparison["role"])],
+        category=comparison["category"].map(CATEGORY_LABELS),
+    )
+    wide = cells.pivot(index="category", columns="column", values="cell")
+    order = [CATEGORY_LABELS[c] for c in TASK_CATEGORIES if CATEGORY_LABELS[c] in wide.index]
+    return wide.loc[order, list(dict.fromkeys(cells["column"]))].rename_axis(columns=None).reset_index()
+
+
+def lambda_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Table 4 layout from :func:`lambda_comparison`: rows lambda x group, one "acc ± std" column per source."""
+    cells = comparison.assign(
+        column=comparison["source"] + " " + comparison["model"],
+        cell=[pct(m, s) for m, s in zip(comparison["mean_acc"], comparison["std_acc"])],
+    )
+    wide = cells.pivot_table(index=["lambda", "group"], columns="column", values="cell", aggfunc="first", sort=False)
+    wide = wide.reset_index().rename_axis(columns=None)
+    wide["lambda"] = wide["lambda"].map(lambda x: f"{x:g}")
+    return wide[["lambda", "group", *dict.fromkeys(cells["column"])]].fillna("–")
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    def esc(v: object) -> str:
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).replace("|", "\\|")
+
+    header = "| " + " | ".join(esc(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(esc(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"table lacks the columns {missing}; has {list(frame.columns)}")

@@ -1,0 +1,311 @@
+"""COIN training on the HF Trainer: generation loss plus the capped, weighted InfoNCE term (paper 3.3).
+
+    train(P)                      # data from coinlib.data.pairs, model from P.model; returns the adapter folder
+    train_on(P, dataset, model)   # any contrastive dataset / preloaded model (tests, notebooks)
+    python -m coinlib.train params/X.yaml            # command line; `torchrun --nproc-per-node N -m ...` for DDP
+
+Per micro-batch of ``k`` entries the model runs once over originals, positives and hard negatives.
+L_ent = token-mean CE on the output tokens of the originals + the same for the positives (the reference code
+sums the two); L_ctr = symmetric InfoNCE over last-token final-layer hidden states; L = L_ent + w * L_ctr with
+w = min(lambda, detach(L_ent / L_ctr)). ``train.contrastive: false`` is the CIT baseline (L_ent only, no
+negatives forwarded). Outputs (``P.run_dir``): ``adapter/`` (safetensors), ``params.yaml``, ``train_log.csv``,
+``checkpoints/`` (rerunning resumes from the last one), ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from coinlib.core.fileio import atomic_write, atomic_write_text
+from coinlib.core.models import load_model
+from coinlib.core.params import Params, TrainParams
+from coinlib.train.batching import IGNORE, PairCollator, PairSampler, encode_entries
+from coinlib.train.lora import attach_lora
+from coinlib.train.loss import coin_loss, gather_embeddings, symmetric_info_nce
+from coinlib.train.pooling import last_token_pool
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["step", "loss", "loss_ent", "loss_ctr", "weight", "cos_pos", "cos_neg", "learning_rate", "grad_norm",
+               "epoch"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The generation loss became NaN or infinite; training stops before any weight or checkpoint changes."""
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (output) tokens of all rows."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE)
+
+
+class CoinTrainer(Trainer):
+    """HF Trainer computing the COIN loss; logs loss_ent, loss_ctr, weight, cos_pos and cos_neg."""
+
+    def __init__(self, *args: Any, coin: TrainParams, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.coin = coin
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let the Trainer divide by GA
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        c = self.coin
+        return PairSampler(ds["task"], c.micro_batch_pairs, self.args.seed, c.shuffle,
+                           c.group_by_task and c.batching == "in_batch")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        c = self.coin
+        groups = 3 if c.contrastive and c.row_negatives else 2
+        mask = inputs["attention_mask"]
+        k = mask.shape[0] // groups
+        out = model(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=c.contrastive,
+                    use_cache=False)
+        labels = inputs["labels"]
+        ce = token_ce(out.logits[:k], labels[:k]) + token_ce(out.logits[k:2 * k], labels[k:2 * k])
+        if not torch.isfinite(ce):
+            raise NonFiniteLossError(
+                f"generation loss is {ce.item()} at step {self.state.global_step}; nothing of this step was "
+                f"applied and checkpoints in {self.args.output_dir} are intact. Fix: lower train.learning_rate, "
+                "use model.dtype float32 or bfloat16 instead of float16, or check the data for empty targets."
+            )
+        stats = {"loss_ent": ce.item()}
+        loss = ce
+        if c.contrastive:
+            h = last_token_pool(out.hidden_states[-1], mask).float()
+            ctr, cos = self._contrastive(h[:k], h[k:2 * k], h[2 * k:] if groups == 3 else None)
+            loss, w = coin_loss(ce, ctr, c.lambda_)
+            stats.update(loss_ctr=ctr.item(), weight=w.item(), **cos)
+        for key, v in stats.items():
+            self._sums[key] += v
+        self._count += 1
+        return (loss, out) if return_outputs else loss
+
+    def _contrastive(self, orig: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None):
+        c = self.coin
+        with torch.no_grad():
+            o, p = F.normalize(orig, dim=-1), F.normalize(pos, dim=-1)
+            cos = {"cos_pos": (o * p).sum(-1).mean().item()}
+            if neg is not None:
+                cos["cos_neg"] = (o * F.normalize(neg, dim=-1)).sum(-1).mean().item()
+            elif o.shape[0] > 1:
+                sim = o @ p.T
+                off = ~torch.eye(o.shape[0], dtype=torch.bool, device=o.device)
+                cos["cos_neg"] = sim[off].mean().item()
+        if c.batching == "paired" and neg is not None:
+            return symmetric_info_nce(orig, pos, c.temperature, neg[:, None, :], in_batch=False), cos
+        if c.gather_across_processes:
+            all_orig, offset = gather_embeddings(orig)
+            all_pos, _ = gather_embeddings(pos)
+            all_neg = gather_embeddings(neg)[0] if neg is not None else None
+            ctr = symmetric_info_nce(orig, pos, c.temperature, all_neg, True, all_orig, all_pos, offset)
+            return ctr, cos
+        return symmetric_info_nce(orig, pos, c.temperature, neg, in_batch=True), cos
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._count:
+            for key, v in self._sums.items():
+                logs[key] = v / self._count
+            self._sums.clear()
+            self._count = 0
+        super().log(logs, start_time)
+
+
+def mixed_precision(P: Params) -> str:
+    """'bf16', 'fp16' or 'no', with a clear error for fp16 without CUDA."""
+    mp = P.train.mixed_precision
+    if mp == "auto":
+        mp = {"bfloat16": "bf16", "float16": "fp16"}.get(P.model.dtype, "no")
+    if mp == "fp16" and not torch.cuda.is_available():
+        raise ValueError("fp16 mixed precision needs a CUDA GPU. Fix: set model.dtype to float32 or bfloat16 "
+                         "(or train.mixed_precision: no) on CPU.")
+    return mp
+
+
+def training_arguments(P: Params, world_size: int | None = None) -> TrainingArguments:
+    """TrainingArguments for ``P``; the effective batch ``train.batch_size`` = micro x accumulation x processes."""
+    t = P.train
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = t.micro_batch_pairs * world
+    if t.batch_size % per_step:
+        raise ValueError(
+            f"train.batch_size={t.batch_size} is not a multiple of micro_batch_pairs x processes = {per_step}. "
+            "Fix: choose a batch_size divisible by it."
+        )
+    if t.batching == "paired" and not t.row_negatives and t.micro_batch_pairs < 2:
+        raise ValueError("train.row_negatives=false needs micro_batch_pairs >= 2 (the other entries are the negatives)")
+    if "wandb" in t.report_to:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError("train.report_to includes wandb but it is not installed. Fix: `pip install wandb` "
+                             "or remove it from report_to.")
+    mp = mixed_precision(P)
+    return TrainingArguments(
+        output_dir=str(P.run_dir / "checkpoints"),
+        per_device_train_batch_size=t.micro_batch_pairs,
+        gradient_accumulation_steps=t.batch_size // per_step,
+        learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, bf16=mp == "bf16", fp16=mp == "fp16",
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, report_to=[r for r in t.report_to if r != "tensorboard"],
+        run_name=P.run.name, seed=P.run.seed, data_seed=P.run.seed, remove_unused_columns=False,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _tensorboard_callbacks(P: Params) -> list[TrainerCallback]:
+    if "tensorboard" not in P.train.report_to:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(P.run_dir / "tensorboard")))]
+
+
+def prepare_model(P: Params, model=None, tokenizer=None):
+    """Base model (loaded from ``P.model`` unless given) with a trainable LoRA adapter (new or continued)."""
+    if model is None:
+        model, tokenizer = load_model(P.model)
+    elif tokenizer is None:
+        raise ValueError("pass the tokenizer together with a preloaded model")
+    model = attach_lora(model, P.model)
+    if P.model.gradient_checkpointing and P.model.adapter:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Train on ``dataset`` (data-contract columns) and save the adapter; resumes from the last checkpoint."""
+    model, tokenizer = prepare_model(P, model, tokenizer)
+    t = P.train
+    encoded = encode_entries(dataset, tokenizer, t.cutoff_len)
+    args = training_arguments(P)
+    trainer = CoinTrainer(
+        model=model, args=args, train_dataset=encoded, processing_class=tokenizer,
+        data_collator=PairCollator(tokenizer, negatives=t.contrastive and t.row_negatives),
+        callbacks=_tensorboard_callbacks(P) + list(callbacks or []), coin=t,
+    )
+    ckpt_dir = Path(args.output_dir)
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        check_resumable(P)
+        log.info("resuming from %s", last)
+    P.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(P.run_dir / "params.yaml", P.to_yaml())
+    if last and _finished(P, Path(last)):
+        # The Trainer would run one more step when resumed at the end: restore the final checkpoint instead.
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers.trainer_callback import TrainerState
+
+        set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
+        trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+        log.info("run %s already finished at %s; re-saving its adapter", P.run.name, last)
+    else:
+        trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        write_log(trainer.state.log_history, P.run_dir / "train_log.csv")
+        return save_adapter(trainer.model, P.run_dir / "adapter", P)
+    return P.run_dir / "adapter"
+
+
+#: Settings that may change between a run and its resumption (they do not change what is trained).
+RESUME_FREE = {"logging_steps", "save_steps", "save_total_limit", "report_to", "max_steps", "epochs"}
+
+
+def check_resumable(P: Params) -> None:
+    """Refuse to resume checkpoints written with other model, data or training settings."""
+    from coinlib.core.params import load_params
+
+    saved_path = P.run_dir / "params.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_params(saved_path)
+    diffs = [f"model.{k}" for k, v in P.model.model_dump().items() if saved.model.model_dump()[k] != v]
+    diffs += [f"data.{k}" for k, v in P.data.model_dump().items() if saved.data.model_dump()[k] != v]
+    diffs += [f"train.{k}" for k, v in P.train.model_dump().items()
+              if k not in RESUME_FREE and saved.train.model_dump()[k] != v]
+    if saved.run.seed != P.run.seed:
+        diffs.append("run.seed")
+    if diffs:
+        raise ValueError(
+            f"{P.run_dir} holds checkpoints trained with different {', '.join(diffs)}. Fix: use a new run.name, "
+            f"or delete {P.run_dir / 'checkpoints'} to start over."
+        )
+
+
+def _finished(P: Params, checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is the end of the run (``train.max_steps``, else the planned steps it recorded)."""
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    target = P.train.max_steps if P.train.max_steps > 0 else state.get("max_steps", 0)
+    return state.get("global_step", 0) >= target > 0
+
+
+def train(P: Params) -> Path:
+    """Train the run ``P`` on the contrastive dataset of ``coinlib.data.pairs``; returns the adapter folder."""
+    from coinlib.data.pairs import load_or_build
+
+    return train_on(P, load_or_build(P))
+
+
+def save_adapter(model, folder: Path, P: Params) -> Path:
+    """Save the LoRA adapter (safetensors) and the resolved parameters, replacing ``folder`` atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def write_log(history: list[dict[str, Any]], path: Path) -> pd.DataFrame:
+    """The training log rows (those with a loss) as a CSV with :data:`LOG_COLUMNS` first."""
+    rows = [h for h in history if "loss" in h]
+    df = pd.DataFrame(rows).rename(columns={})
+    for col in LOG_COLUMNS:
+        if col not in df.columns:
+            df[col] = math.nan
+    df = df[LOG_COLUMNS + [c for c in df.columns if c not in LOG_COLUMNS]]
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build or load the data, train, print the adapter folder."""
+    import argparse
+
+    from coinlib.core.params import load_params_or_exit
+
+    ap = argparse.ArgumentParser(description="Train COIN (or CIT) as a parameter file says.")
+    ap.add_argument("params_file")
+    args = ap.parse_args(argv)
+    print(train(load_params_or_exit(args.params_file)))
+    return 0

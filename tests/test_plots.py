@@ -1,0 +1,142 @@
+"""Figures (coinlib.results.plots): each draws the numbers of its table and is saved with the CSV behind it."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+
+from coinlib.results import plots as figures
+from coinlib.results import tables as report
+from coinlib.results.plots import ROLE_COLORS, figure3_data, plot_figure3, read_log, save_training_curves
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _comparison():
+    ours = pd.DataFrame({
+        "model": ["a", "b"], "task": ["sst2", "sst2"], "group": ["clean", "clean"],
+        "mean_acc": [0.5, 0.75], "std_acc": [0.1, 0.05], "role": ["cit", "coin"],
+    })
+    return report.category_comparison(ours, "tiny")
+
+
+def test_save_figure_writes_png_pdf_and_csv(tmp_path):
+    data = pd.DataFrame({"x": [1, 2], "y": [0.25, 0.5]})
+    fig, ax = plt.subplots()
+    ax.plot(data["x"], data["y"])
+    paths = figures.save_figure(fig, data, tmp_path / "out", "fig9_example")
+    assert [p.name for p in paths] == ["fig9_example.png", "fig9_example.pdf", "fig9_example.csv"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+    pd.testing.assert_frame_equal(pd.read_csv(paths[2]), data)
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_task_category_bars_show_accuracy_and_std():
+    fig = figures.plot_task_categories(_comparison())
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["paper: Alpaca-7B", "ours: tiny"]
+    heights = sorted(round(p.get_height(), 6) for p in axes[1].patches)
+    assert heights == [50.0, 75.0]  # CIT and COIN bars of ours, in percent
+    assert sorted(round(p.get_height(), 6) for p in axes[0].patches) == [90.1, 91.4]
+
+
+def test_lambda_figure_has_a_line_per_group_and_source():
+    ours = pd.DataFrame({
+        "model": ["m"] * 2, "task": ["sst2"] * 2, "group": ["clean", "checklist"],
+        "mean_acc": [0.6, 0.5], "std_acc": [0.1, 0.2], "lambda": [1000.0] * 2,
+    })
+    fig = figures.plot_lambda_ablation(report.lambda_comparison(ours, "m"))
+    assert len(fig.axes) == 4  # (paper, ours) x (accuracy, std)
+    labels = [line.get_label() for line in fig.axes[2].lines]
+    assert labels == ["clean", "sentence (CheckList)", "average"]
+    clean = fig.axes[2].lines[0]
+    assert clean.get_xdata().tolist() == [1000.0] and clean.get_ydata().tolist() == pytest.approx([60.0])
+
+
+def test_umap_figure_one_panel_per_role():
+    pts = pd.DataFrame({
+        "role": ["cit"] * 4 + ["coin"] * 4, "run": ["r1"] * 4 + ["r2"] * 4,
+        "group": ["clean", "semantic"] * 4, "umap_x": np.arange(8.0), "umap_y": np.arange(8.0),
+    })
+    fig = figures.plot_umap(pts, "tiny")
+    assert [ax.get_title() for ax in fig.axes] == ["CIT (run 'r1')", "COIN (run 'r2')"]
+    assert "tiny" in fig._suptitle.get_text()
+    assert [len(c.get_offsets()) for c in fig.axes[0].collections] == [2, 2]
+
+
+def test_paired_difference_points_sit_at_the_estimates_in_points():
+    paired = pd.DataFrame({
+        "group": ["clean", "average"], "model_a": "coin", "model_b": "cit", "acc_diff": [0.02, -0.01],
+        "acc_diff_low": [0.0, -0.03], "acc_diff_high": [0.05, 0.01], "instr_std_diff": [-0.04, 0.0],
+        "instr_std_diff_low": [-0.06, -0.02], "instr_std_diff_high": [-0.01, 0.02], "n_tasks": 2, "n_instances": 40,
+    })
+    fig = figures.plot_paired_difference(paired)
+    acc, std = fig.axes
+    assert [t.get_text() for t in acc.get_yticklabels()] == ["clean", "average"]
+    points = [line.get_xdata()[0] for line in acc.lines if line.get_marker() == "o"]
+    assert points == pytest.approx([2.0, -1.0])
+    assert [line.get_xdata()[0] for line in std.lines if line.get_marker() == "o"] == pytest.approx([-4.0, 0.0])
+    assert fig._suptitle.get_text().startswith("coin − cit") and acc.get_xlabel() == "Δ accuracy (points)"
+
+
+# Figure 3
+
+def _summary() -> pd.DataFrame:
+    rows = [(m, t, g, acc, std) for m, acc, std in (("run-coin", 0.6, 0.02), ("base", 0.5, 0.1), ("run-cit", 0.4, 0.04))
+            for t in ("sst2", "rte") for g in ("clean", "checklist")]
+    return pd.DataFrame(rows, columns=["model", "task", "group", "mean_acc", "std_acc"])
+
+
+def test_figure3_bars_in_role_order_and_colours():
+    data = figure3_data(_summary())
+    assert set(data["n_tasks"]) == {2}
+    fig = plot_figure3(data, {"base": "base", "run-cit": "cit", "run-coin": "coin"})
+    acc, std = fig.axes
+    handles, labels = std.get_legend_handles_labels()
+    assert labels == ["base", "CIT (run-cit)", "COIN (run-coin)"]
+    assert [to_hex(h.patches[0].get_facecolor()) for h in handles] == [ROLE_COLORS[r] for r in ("base", "cit", "coin")]
+    heights = [round(p.get_height(), 6) for p in acc.patches]
+    assert heights == pytest.approx([50, 50, 40, 40, 60, 60])  # per model (role order), per group
+    assert [round(p.get_height(), 6) for p in std.patches][:2] == pytest.approx([10, 10])
+    plt.close(fig)
+
+
+def test_figure3_without_roles_keeps_the_summary_order():
+    fig = plot_figure3(figure3_data(_summary()))
+    assert fig.axes[1].get_legend_handles_labels()[1] == ["run-coin", "base", "run-cit"]
+    plt.close(fig)
+
+
+# Training curves
+
+def _log(contrastive: bool) -> pd.DataFrame:
+    nan = math.nan
+    return pd.DataFrame({"step": [1, 2], "loss": [3.0, 2.5], "loss_ent": [2.0, 1.8],
+                         "loss_ctr": [0.5, 0.4] if contrastive else [nan, nan],
+                         "weight": [4.0, 4.5] if contrastive else [nan, nan],
+                         "cos_pos": [0.9, 0.95] if contrastive else [nan, nan],
+                         "cos_neg": [0.8, 0.7] if contrastive else [nan, nan]})
+
+
+@pytest.mark.parametrize("contrastive", [True, False])
+def test_curves_saved_with_their_data(tmp_path, contrastive):
+    run = tmp_path / "run"
+    run.mkdir()
+    _log(contrastive).to_csv(run / "train_log.csv", index=False)
+    paths = save_training_curves(run, tmp_path / "fig", "t")
+    assert sorted(p.suffix for p in paths) == [".csv", ".pdf", ".png"]
+    assert pd.read_csv(tmp_path / "fig" / "training_curves.csv")["loss_ent"].tolist() == [2.0, 1.8]
+
+
+def test_missing_log_names_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train the run first"):
+        read_log(tmp_path)

@@ -1,0 +1,246 @@
+"""Training on the tiny model: smoke, loss wiring, CIT, resume equality, NaN handling, adapters, 4-bit, gather."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from entries_helper import make_entries
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from coinlib.core.models import tiny_llama
+from coinlib.core.params import load_params, validate
+from coinlib.train import trainer as train_mod
+from coinlib.train.batching import PairCollator, encode_entries
+from coinlib.train.loss import coin_loss, symmetric_info_nce
+from coinlib.train.pooling import last_token_pool
+
+
+def make_params(tmp_path, name="t", model=None, **train):
+    values = {"run": {"name": name, "output_root": str(tmp_path)},
+              "train": {"max_steps": 2, "batch_size": 2, "micro_batch_pairs": 2, "save_steps": 2,
+                        "logging_steps": 1, "report_to": [], "cutoff_len": 64, **train}}
+    if model:
+        values["model"] = model
+    return validate(values)
+
+
+def fresh_model(tok):
+    return tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id, seed=0)
+
+
+def adapter_weights(folder):
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_smoke_trains_logs_and_saves_adapter(tmp_path, smol_tokenizer):
+    P = make_params(tmp_path, report_to=["tensorboard"])
+    out = train_mod.train_on(P, make_entries(8), fresh_model(smol_tokenizer), smol_tokenizer)
+    assert out == P.run_dir / "adapter"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert load_params(P.run_dir / "params.yaml").train == P.train  # resolved params beside the adapter
+    weights = adapter_weights(out)
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(torch.isfinite(v).all() for v in weights.values())
+    assert any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: nonzero means it trained
+    log = pd.read_csv(P.run_dir / "train_log.csv")
+    assert log["step"].tolist() == [1, 2]
+    for col in ["loss", "loss_ent", "loss_ctr", "weight", "cos_pos", "cos_neg"]:
+        assert log[col].map(math.isfinite).all(), col
+    assert (log["weight"] <= 1000).all() and (log["weight"] > 0).all()
+    assert any((P.run_dir / "tensorboard").iterdir())
+
+
+def _manual_loss(model, batch, k):
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    labels = batch["labels"]
+    ce = sum(F.cross_entropy(out.logits[s, :-1].reshape(-1, out.logits.shape[-1]), labels[s, 1:].reshape(-1),
+                             ignore_index=-100) for s in (slice(0, k), slice(k, 2 * k)))
+    h = last_token_pool(out.hidden_states[-1], batch["attention_mask"])
+    return ce, h
+
+
+@pytest.mark.parametrize("batching,gather", [("paired", False), ("in_batch", False), ("in_batch", True)])
+def test_compute_loss_matches_hand_wiring(tmp_path, smol_tokenizer, batching, gather):
+    P = make_params(tmp_path, batching=batching, gather_across_processes=gather)
+    model, tok = train_mod.prepare_model(P, fresh_model(smol_tokenizer), smol_tokenizer)
+    model.eval()  # no dropout: both computations see the same network
+    enc = encode_entries(make_entries(3), tok, 64)
+    batch = PairCollator(tok)([enc[i] for i in range(3)])
+    trainer = train_mod.CoinTrainer(model=model, args=train_mod.training_arguments(P), train_dataset=enc,
+                                    data_collator=PairCollator(tok), coin=P.train)
+    with torch.no_grad():
+        got = trainer.compute_loss(model, batch)
+        ce, h = _manual_loss(model, batch, 3)
+    o, p, n = h[:3], h[3:6], h[6:]
+    if batching == "paired":  # own positive vs own negative only
+        ctr = 0.5 * sum(-F.log_softmax(torch.stack([F.cosine_similarity(a[i], b[i], 0), F.cosine_similarity(a[i], n[i], 0)])
+                                       / 0.05, 0)[0] for a, b in ((o, p), (p, o)) for i in range(3)) / 3
+    else:
+        ctr = symmetric_info_nce(o, p, 0.05, n)
+    expected, _ = coin_loss(ce, ctr, 1000.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert trainer._sums["loss_ctr"] == pytest.approx(ctr.item(), rel=1e-4)
+
+
+def test_cit_baseline_has_no_contrastive_term(tmp_path, smol_tokenizer):
+    P = make_params(tmp_path, contrastive=False, max_steps=1)
+    train_mod.train_on(P, make_entries(4), fresh_model(smol_tokenizer), smol_tokenizer)
+    log = pd.read_csv(P.run_dir / "train_log.csv")
+    assert log["loss"].iloc[0] == pytest.approx(log["loss_ent"].iloc[0], rel=1e-5)
+    assert log["loss_ctr"].isna().all()
+
+
+class _Kill(TrainerCallback):
+    class Killed(RuntimeError):
+        pass
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise self.Killed(f"killed at step {state.global_step}")
+
+
+def test_killed_run_resumes_to_the_same_adapter(tmp_path, smol_tokenizer):
+    data = make_entries(12)
+    full = make_params(tmp_path, "full", max_steps=4)
+    train_mod.train_on(full, data, fresh_model(smol_tokenizer), smol_tokenizer)
+    part = make_params(tmp_path, "part", max_steps=4)
+    with pytest.raises(_Kill.Killed):
+        train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[_Kill(3)])
+    assert not (part.run_dir / "adapter").exists()
+    assert (part.run_dir / "checkpoints" / "checkpoint-2").is_dir()
+    train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer)  # rerun resumes at step 2
+    a, b = adapter_weights(full.run_dir / "adapter"), adapter_weights(part.run_dir / "adapter")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    ckpt2 = adapter_weights(full.run_dir / "checkpoints" / "checkpoint-2")
+    assert any(not torch.allclose(a[k], ckpt2[k]) for k in a)  # steps 3-4 changed the weights
+    assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
+    # rerunning a finished run trains nothing more and keeps the adapter
+    shutil.rmtree(part.run_dir / "adapter")
+    train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer)
+    again = adapter_weights(part.run_dir / "adapter")
+    assert all(torch.equal(again[k], b[k]) for k in b)
+    assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, smol_tokenizer, monkeypatch):
+    P = make_params(tmp_path, max_steps=4)
+    real_ce, calls = train_mod.token_ce, {"n": 0}
+
+    def flaky_ce(logits, labels):
+        calls["n"] += 1
+        value = real_ce(logits, labels)
+        return value * float("nan") if calls["n"] > 4 else value  # 2 CE calls per step: NaN from step 3
+
+    monkeypatch.setattr(train_mod, "token_ce", flaky_ce)
+    with pytest.raises(train_mod.NonFiniteLossError, match="step 2.*checkpoints.*intact"):
+        train_mod.train_on(P, make_entries(12), fresh_model(smol_tokenizer), smol_tokenizer)
+    ckpt = P.run_dir / "checkpoints" / "checkpoint-2"
+    assert all(torch.isfinite(v).all() for v in adapter_weights(ckpt).values())
+    assert not (P.run_dir / "checkpoints" / "checkpoint-4").exists()
+
+
+def test_bad_settings_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_pairs"):
+        train_mod.training_arguments(make_params(tmp_path, batch_size=3))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
+            train_mod.training_arguments(make_params(tmp_path, mixed_precision="fp16"))
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path, smol_tokenizer):
+    folder = tmp_path / "tiny-llama"
+    fresh_model(smol_tokenizer).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_continues_an_existing_adapter(tmp_path, tiny_dir):
+    first = make_params(tmp_path, "first", model={"name": str(tiny_dir)}, max_steps=1)
+    adapter = train_mod.train_on(first, make_entries(4))  # loads the model from the folder
+    second = make_params(tmp_path, "second", model={"name": str(tiny_dir), "adapter": str(adapter)})
+    model, _ = train_mod.prepare_model(second)
+    saved = adapter_weights(adapter)
+    state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(state) == len(saved) and any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)
+    for key, value in saved.items():
+        match = [v for k, v in state.items() if k.replace(".default", "") == key]
+        assert match and torch.equal(match[0], value), key
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0  # continued adapter is trainable
+
+
+def test_qlora_4bit_trains_on_cpu(tmp_path, tiny_dir):
+    P = make_params(tmp_path, model={"name": str(tiny_dir), "load_in_4bit": True}, max_steps=1)
+    out = train_mod.train_on(P, make_entries(4))
+    assert (out / "adapter_model.safetensors").is_file()
+    assert math.isfinite(pd.read_csv(P.run_dir / "train_log.csv")["loss"].iloc[0])
+
+
+def test_two_process_gather_keeps_positive_and_negative_order(tmp_path):
+    """Each rank's anchors find their own positives in the gathered pool (gloo, 2 CPU processes)."""
+    import gather_worker  # light module: the spawned processes import only torch and coinlib.train.loss
+    import torch.multiprocessing as mp
+
+    mp.spawn(gather_worker.run, args=(2, gather_worker.free_port(), str(tmp_path)), nprocs=2, join=True)
+    r = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
+    torch.manual_seed(0)
+    o_all, p_all, n_all = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)
+    assert [x["offset"] for x in r] == [0, 2]
+    for x in r:  # every rank sees all rows in rank order
+        assert torch.equal(x["go"], o_all) and torch.equal(x["gp"], p_all) and torch.equal(x["gn"], n_all)
+    # the mean of the per-rank losses is the single-process loss over all 4 anchors
+    full = symmetric_info_nce(o_all, p_all, 0.05, n_all)
+    assert ((r[0]["loss"] + r[1]["loss"]) / 2).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+SWEEP = [1, 10, 100, 1000, 10000, 100000000]
+
+
+def test_training_params_files():
+    from coinlib.core.params import PARAMS_DIR
+
+    base = load_params(PARAMS_DIR / "paper-alpaca7b.yaml")
+    assert (base.train.learning_rate, base.train.batch_size, base.train.cutoff_len) == (1e-4, 64, 256)
+    assert (base.train.temperature, base.train.lambda_, base.model.adapter) == (0.05, 1000, "tloen/alpaca-lora-7b")
+    assert (base.model.lora.r, base.model.lora.alpha, base.model.lora.dropout) == (16, 16, 0.05)
+    dump = base.model_dump(exclude={"run", "train"})
+    for lam in SWEEP:
+        P = load_params(PARAMS_DIR / f"lambda{lam}.yaml")
+        assert P.run.name == f"lambda{lam}" and P.train.lambda_ == lam
+        assert P.model_dump(exclude={"run", "train"}) == dump
+        assert P.train.model_copy(update={"lambda_": base.train.lambda_}) == base.train
+    cit = load_params(PARAMS_DIR / "cit.yaml")
+    assert not cit.train.contrastive and cit.train.model_copy(update={"contrastive": True}) == base.train
+    mini, mini_cit = load_params(PARAMS_DIR / "cpu-mini.yaml"), load_params(PARAMS_DIR / "cpu-mini-cit.yaml")
+    assert mini.model.name == "smollm2-135m-instruct" and mini.data == mini_cit.data and mini.data_dir == mini_cit.data_dir
+    assert not mini_cit.train.contrastive and mini_cit.train.model_copy(update={"contrastive": True}) == mini.train
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, smol_tokenizer):
+    P = make_params(tmp_path, max_steps=2)
+    train_mod.train_on(P, make_entries(4), fresh_model(smol_tokenizer), smol_tokenizer)
+    changed = make_params(tmp_path, max_steps=2, learning_rate=5e-4)
+    with pytest.raises(ValueError, match="different train.learning_rate.*new run.name"):
+        train_mod.train_on(changed, make_entries(4), fresh_model(smol_tokenizer), smol_tokenizer)
+
+
+def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
+    P = make_params(tmp_path, model={"name": "smollm2-135m-instruct", "gradient_checkpointing": True},
+                    mixed_precision="bf16", max_steps=1)
+    model = fresh_model(smol_tokenizer)
+    out = train_mod.train_on(P, make_entries(4), model, smol_tokenizer)
+    assert model.model.gradient_checkpointing  # the decoder recomputed activations in backward
+    log = pd.read_csv(P.run_dir / "train_log.csv")
+    assert log[["loss", "loss_ent", "loss_ctr"]].map(math.isfinite).all().all()
+    assert any(v.abs().sum() > 0 for k, v in adapter_weights(out).items() if "lora_B" in k)
