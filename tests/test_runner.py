@@ -56,7 +56,8 @@ def test_tables_follow_the_contract(tiny_dir, tmp_path, mirror):
     ids = preds.groupby(["task", "group", "instruction_id"])["instance_id"].apply(frozenset)
     assert ids.groupby("task").nunique().eq(1).all()
     assert all(set(json.loads(s)) == {"negative", "positive"} for s in preds.loc[preds.task == "sst2", "label_scores"])
-    assert all(json.loads(s).keys() == {"negative", "positive"} for s in preds.loc[preds.task == "sst2", "label_tokens"])
+    assert all(json.loads(s).keys() == {"negative", "positive"} 
+               for s in preds.loc[preds.task == "sst2", "label_tokens"])
     assert tables.predictions.equals(preds)
     # rank mode: the label-free metrics are in the summary (flip rates for the perturbed group only)
     check = summary[summary["group"] == "checklist"].set_index("task")

@@ -157,7 +157,7 @@ def _task_arrays(frame: pd.DataFrame, groups: list[str]) -> dict[str, object]:
 
 
 def _label_free_stats(arrays: dict, weights: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
-    """Per group ``[replicates, group]`` of each label-free metric for instance ``weights`` ``[replicates, instance]``."""
+    """``[replicates, group]`` of each label-free metric, for instance ``weights`` ``[replicates, instance]``."""
     n = weights.shape[1]
     stats = {m: np.einsum("bn,gin->bgi", weights, arrays[m]).mean(-1) / n for m in ("cal_acc", "flip_rate",
                                                                                    "flip_rate_cal")}

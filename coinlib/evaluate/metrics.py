@@ -13,7 +13,8 @@ answers is defined in both modes). With labels ``l_0 .. l_{K-1}`` and scores ``s
 - ``auc``: per instruction, ROC AUC of ``m_1`` for gold ``l_1`` against gold ``l_0`` (two labels), or the mean over
   labels k of the one-vs-rest AUC of ``m_k`` (more labels, MNLI); ties count one half; mean over instructions
   (``std_auc``: population std over instructions);
-- ``cal_acc``: accuracy after a per-instruction calibration set without labels (:func:`calibrated_answers`);
+- ``cal_acc``: accuracy after a per-instruction calibration set without labels: two labels, the threshold is the
+  median margin of the instruction's instances (:func:`calibrated_answers`); ``std_cal_acc`` its std over instructions;
 - ``flip_rate`` / ``flip_rate_cal``: share of (instruction, instance) cells whose answer (parsed / calibrated) under a
   perturbed instruction differs from the answer under the clean instruction of the same index (:func:`flip_rate`);
 - ``margin_sd``: SD over a group's instructions of each instance's margin, averaged over instances (:func:`margin_sd`);
@@ -123,7 +124,7 @@ def log_odds(scores: np.ndarray) -> np.ndarray:
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Share of (positive, negative) pairs in which the positive scores higher, ties one half; NaN if a side is empty."""
+    """Share of (positive, negative) pairs where the positive scores higher, ties one half; NaN if a side is empty."""
     score, positive = np.asarray(score, dtype=float), np.asarray(positive, dtype=bool)
     pos, neg = score[positive], score[~positive]
     if not pos.size or not neg.size:

@@ -223,7 +223,8 @@ def figure3_label_free_data(summary: pd.DataFrame) -> pd.DataFrame:
     data = summary.groupby(["model", "group"], sort=False).agg(
         **{c: (c, "mean") for c in cols}, n_tasks=("task", "nunique")).reset_index()
     order = {g: i for i, g in enumerate(GROUP_LABELS)}
-    return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
+    data = data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
+    return data.reset_index(drop=True)
 
 
 def _models_by_role(models: list[str], roles: dict[str, str] | None) -> tuple[list[str], dict, dict]:
