@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,12 +10,20 @@ import pandas as pd
 import pytest
 
 from coinlib.evaluate.metrics import (
+    LABEL_FREE_COLUMNS,
     SUMMARY_COLUMNS,
     bootstrap_ci,
+    calibrated_answers,
     consistency_rate,
     drop_rate,
+    flip_rate,
     fleiss_kappa,
+    instruction_auc,
+    log_odds,
+    margin_sd,
     mean_std,
+    posix,
+    roc_auc,
     summarize,
 )
 
@@ -97,3 +106,130 @@ def test_summarize_rejects_mismatched_instances():
     preds = preds.drop(index=preds.index[0])  # instruction 0 of clean lost one instance
     with pytest.raises(ValueError, match="different instances"):
         summarize(preds)
+
+
+# ------------------------------------------------------------------------------------------------ label-free metrics
+def test_summarize_without_label_scores_leaves_label_free_metrics_nan():
+    summary = summarize(_predictions()).set_index("group")
+    assert summary[[c for c in LABEL_FREE_COLUMNS if c != "flip_rate"]].isna().all().all()
+    # flip rate pairs instruction i with clean instruction i: clean has 3 instructions, checklist 2, so undefined
+    assert math.isnan(summary.loc["checklist", "flip_rate"])
+
+
+def test_log_odds():
+    m = log_odds(np.log([1.0, 2.0, 3.0]))  # m_k = s_k - log(sum of the other labels' likelihoods)
+    assert m == pytest.approx([-math.log(5), math.log(2 / 4), 0.0])
+    assert log_odds(np.array([-1.0, -3.0])) == pytest.approx([2.0, -2.0])  # two labels: +- the margin
+
+
+def test_roc_auc_counts_ties_as_half():
+    # positives 2.0, 1.0 against negatives 0.5, 1.0: wins 1 + 1 + 1 + tie 0.5 over 4 pairs
+    assert roc_auc(np.array([0.5, 2.0, 1.0, 1.0]), np.array([False, True, True, False])) == 0.875
+    assert math.isnan(roc_auc(np.array([1.0, 2.0]), np.array([True, True])))
+
+
+def test_instruction_auc_binary_uses_the_margin():
+    margins = np.array([1.0, -1.0, 1.5, 0.2])
+    scores = np.stack([np.full(4, -7.0), -7.0 + margins], axis=1)
+    # positives (gold 1) 1.0, 0.2 against negatives -1.0, 1.5: 2 wins of 4
+    assert instruction_auc(scores, np.array([1, 0, 0, 1])) == 0.5
+    assert math.isnan(instruction_auc(scores, np.array([1, 1, 1, 1])))
+
+
+def test_instruction_auc_macro_one_vs_rest():
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.25, 0.15, 0.6]])
+    gold = np.array([0, 1, 2, 0])
+    # label 0: 0.6, 0.25 vs 0.2, 0.3 -> 3/4; label 1: 0.5 vs 0.3, 0.3, 0.15 -> 1; label 2: 0.4 vs 0.1, 0.3, 0.6 -> 2/3
+    assert instruction_auc(np.log(probs), gold) == pytest.approx((3 / 4 + 1 + 2 / 3) / 3)
+    assert instruction_auc(np.log(probs) - 5.0, gold) == pytest.approx(29 / 36)  # only relative scores matter
+
+
+def test_calibrated_answers_split_at_the_median():
+    two = lambda margins: np.stack([np.zeros(len(margins)), np.array(margins, float)], axis=1)  # noqa: E731
+    assert calibrated_answers(two([3.0, -1.0, 0.5, 2.0])).tolist() == [1, 0, 0, 1]  # median 1.25
+    assert calibrated_answers(two([1.0, 2.0, 3.0])).tolist() == [0, 0, 1]  # the median instance itself gets l_0
+    # three labels: column medians (0, -2, -4) subtracted, then the highest; raw argmax would answer 0 everywhere
+    scores = np.array([[0.0, -1.0, -5.0], [0.0, -3.0, -2.0], [0.0, -2.0, -4.0]])
+    assert calibrated_answers(scores).tolist() == [1, 2, 0]
+
+
+def test_flip_rate_pairs_instructions_by_index():
+    clean = pd.DataFrame([["a", "a", "b"], ["b", "b", "b"]])
+    perturbed = pd.DataFrame([["a", "b", "b"], ["b", "b", "a"]])
+    assert flip_rate(perturbed, clean) == pytest.approx(2 / 6)
+    assert flip_rate(clean, clean) == 0.0
+    assert math.isnan(flip_rate(perturbed.iloc[:1], clean))  # a missing clean counterpart: undefined
+
+
+def test_margin_sd():
+    margins = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0]])  # [instruction, instance]
+    base = np.array([[-4.0, -1.0], [-2.0, -9.0], [0.0, -3.0]])  # label-0 scores shift, margins do not
+    scores = np.stack([base, base + margins], axis=-1)
+    # instance 0: margins 1, 3, 2 -> population SD sqrt(2/3); instance 1: constant -> 0
+    assert margin_sd(scores) == pytest.approx(math.sqrt(2 / 3) / 2)
+    # three labels, one instance: log-odds (0, -ln3, -ln3) then (-ln3, 0, -ln3): SDs ln3/2, ln3/2, 0
+    three = np.log(np.array([[[0.5, 0.25, 0.25]], [[0.25, 0.5, 0.25]]]))
+    assert margin_sd(three) == pytest.approx(math.log(3) / 3)
+    assert math.isnan(margin_sd(scores[:1]))
+
+
+def test_posix_hand_computed():
+    # one instance, two instructions, label token counts (1, 2); answers: label 0 under x_0, label 1 under x_1
+    # psi = 1/2 * (|s_0(y_1) - s_1(y_1)| / 2 + |s_1(y_0) - s_0(y_0)| / 1) = 1/2 * (1.5 / 2 + 2) = 1.375
+    scores = np.array([[[-1.0, -2.0], [-1.0, -1.0]], [[-3.0, -0.5], [-1.0, -1.0]]])  # [instruction, instance, label]
+    responses = np.array([[0, 0], [1, 0]])
+    assert posix(scores[:, :1], responses[:, :1], np.array([1, 2])) == pytest.approx(1.375)
+    # a second instance scored identically under both instructions has psi 0: the mean halves
+    assert posix(scores, responses, np.array([1, 2])) == pytest.approx(1.375 / 2)
+    # three instructions: each answer moves by 3 nats in total under the other two -> (3 + 3 + 3) / (3 * 2)
+    three = np.array([[[0.0, -1.0]], [[0.0, -2.0]], [[-3.0, 0.0]]])
+    assert posix(three, np.array([[0], [0], [1]]), np.array([1, 1])) == pytest.approx(1.5)
+    assert math.isnan(posix(three[:1], np.array([[0]]), np.array([1, 1])))
+
+
+# margins s_b - s_a per instruction (s_a = 0), gold (a, b, b, a); predictions are the higher-scored label
+MARGINS = {"clean": [[-1, 2, 1, 0.5], [-2, -0.5, 1, 0]], "checklist": [[1, 2, 3, 4], [-1, -1, 1, -3]]}
+
+
+def _scored_predictions(tokens: str = '{"a": 1, "b": 2}') -> pd.DataFrame:
+    rows = []
+    for group, table in MARGINS.items():
+        for i, margins in enumerate(table):
+            for j, (m, g) in enumerate(zip(margins, GOLD)):
+                pred = "b" if m > 0 else "a"
+                rows.append(dict(model="m", task="t", group=group, instruction_id=i, instance_id=str(j), gold=g,
+                                 prediction=pred, correct=pred == g, label_scores=json.dumps({"a": 0.0, "b": m}),
+                                 label_tokens=tokens))
+    return pd.DataFrame(rows)
+
+
+def test_summarize_label_free_known_values():
+    summary = summarize(_scored_predictions()).set_index("group")
+    clean, check = summary.loc["clean"], summary.loc["checklist"]
+    # AUC per instruction: clean 1 and 3/4; checklist 1/2 and 3.5/4 (a tie between -1 and -1)
+    assert (clean.auc, clean.std_auc) == pytest.approx((0.875, 0.125))
+    assert (check.auc, check.std_auc) == pytest.approx((0.6875, 0.1875))
+    # calibrated at the median margin: clean (a,b,b,a) 1.0 and (a,a,b,b) 0.5; checklist (a,a,b,b) 0.5, (a,a,b,a) 0.75
+    assert (clean.cal_acc, clean.std_cal_acc) == pytest.approx((0.75, 0.25))
+    assert (check.cal_acc, check.std_cal_acc) == pytest.approx((0.625, 0.125))
+    # raw answers differ from clean's in 1 of 8 cells, calibrated answers in 3 of 8; clean has no reference
+    assert check.flip_rate == pytest.approx(1 / 8) and check.flip_rate_cal == pytest.approx(3 / 8)
+    assert math.isnan(clean.flip_rate) and math.isnan(clean.flip_rate_cal)
+    # SD of two margins is half their distance: clean (0.5, 1.25, 0, 0.25), checklist (1, 1.5, 1, 3.5)
+    assert clean.margin_sd == pytest.approx(0.5) and check.margin_sd == pytest.approx(1.75)
+    # POSIX per instance: clean (0, 2.5/2/2, 0, 0.5/2/2); checklist (2/2/2, 3/2/2, (1 + 1)/2, 7/2/2)
+    assert clean.posix == pytest.approx(0.1875) and check.posix == pytest.approx(1.0)
+    # accuracy columns are unchanged by the label scores
+    assert clean.mean_acc == pytest.approx((3 / 4 + 3 / 4) / 2)
+
+
+def test_posix_needs_the_token_counts():
+    summary = summarize(_scored_predictions(tokens="{}")).set_index("group")
+    assert summary["posix"].isna().all() and summary["auc"].notna().all()
+
+
+def test_generate_mode_rows_give_nan_label_free_metrics_but_a_flip_rate():
+    preds = _scored_predictions().assign(label_scores="{}", label_tokens="{}")
+    summary = summarize(preds).set_index("group")
+    assert summary[["auc", "cal_acc", "flip_rate_cal", "margin_sd", "posix"]].isna().all().all()
+    assert summary.loc["checklist", "flip_rate"] == pytest.approx(1 / 8)

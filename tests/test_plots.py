@@ -116,6 +116,44 @@ def test_figure3_without_roles_keeps_the_summary_order():
     plt.close(fig)
 
 
+def _label_free_summary() -> pd.DataFrame:
+    nan = math.nan
+    rows = [  # model, task, group, auc, cal_acc, flip_rate, flip_rate_cal
+        ("cit", "sst2", "clean", 0.70, 0.60, nan, nan), ("cit", "rte", "clean", 0.50, 0.50, nan, nan),
+        ("cit", "sst2", "checklist", 0.60, 0.55, 0.10, 0.30), ("cit", "rte", "checklist", nan, 0.45, 0.20, 0.10),
+        ("coin", "sst2", "clean", 0.80, 0.70, nan, nan), ("coin", "rte", "clean", 0.60, 0.50, nan, nan),
+        ("coin", "sst2", "checklist", 0.90, 0.75, 0.00, 0.20), ("coin", "rte", "checklist", 0.70, 0.65, 0.10, 0.00),
+    ]
+    frame = pd.DataFrame(rows, columns=["model", "task", "group", "auc", "cal_acc", "flip_rate", "flip_rate_cal"])
+    return frame.assign(margin_sd=0.5, posix=0.1)
+
+
+def test_label_free_companion_averages_over_tasks():
+    data = figures.figure3_label_free_data(_label_free_summary()).set_index(["model", "group"])
+    assert data.loc[("cit", "clean"), "auc"] == pytest.approx(0.60)
+    assert data.loc[("cit", "checklist"), "auc"] == pytest.approx(0.60)  # rte undefined: the mean of sst2 alone
+    assert data.loc[("coin", "checklist"), "flip_rate_cal"] == pytest.approx(0.10)
+    assert math.isnan(data.loc[("coin", "clean"), "flip_rate"]) and (data["n_tasks"] == 2).all()
+    with pytest.raises(ValueError, match="--merge"):
+        figures.figure3_label_free_data(_summary())  # an old summary without the label-free columns
+
+
+def test_label_free_companion_bars():
+    data = figures.figure3_label_free_data(_label_free_summary())
+    fig = figures.plot_figure3_label_free(data, {"cit": "cit", "coin": "coin"})
+    auc, cal, flip, flip_cal = fig.axes
+    assert auc.get_title().startswith("ROC AUC") and flip_cal.get_title().startswith("flip rate vs clean, calibrated")
+    # bars per model (CIT then COIN), per group (clean, checklist), in %
+    assert [round(p.get_height(), 6) for p in auc.patches] == pytest.approx([60, 60, 70, 80])
+    assert [round(p.get_height(), 6) for p in cal.patches] == pytest.approx([55, 50, 60, 70])
+    heights = [p.get_height() for p in flip.patches]
+    assert math.isnan(heights[0]) and heights[1] == pytest.approx(15) and heights[3] == pytest.approx(5)
+    assert auc.lines[0].get_ydata()[0] == 50  # chance AUC
+    assert [t.get_text() for t in cal.get_legend().get_texts()] == ["cit", "coin"]
+    assert [to_hex(p.get_facecolor()) for p in auc.patches[::2]] == [ROLE_COLORS["cit"], ROLE_COLORS["coin"]]
+    plt.close(fig)
+
+
 # Training curves
 
 def _log(contrastive: bool) -> pd.DataFrame:

@@ -56,7 +56,16 @@ def test_tables_follow_the_contract(tiny_dir, tmp_path, mirror):
     ids = preds.groupby(["task", "group", "instruction_id"])["instance_id"].apply(frozenset)
     assert ids.groupby("task").nunique().eq(1).all()
     assert all(set(json.loads(s)) == {"negative", "positive"} for s in preds.loc[preds.task == "sst2", "label_scores"])
+    assert all(json.loads(s).keys() == {"negative", "positive"} 
+               for s in preds.loc[preds.task == "sst2", "label_tokens"])
     assert tables.predictions.equals(preds)
+    # rank mode: the label-free metrics are in the summary (flip rates for the perturbed group only)
+    check = summary[summary["group"] == "checklist"].set_index("task")
+    assert check[["cal_acc", "flip_rate", "flip_rate_cal"]].apply(lambda c: c.between(0, 1)).all().all()
+    both_classes = preds.groupby("task")["gold"].nunique() == 2  # AUC is undefined when the sample has one class
+    assert check["auc"].between(0, 1).eq(both_classes).all() and check["auc"].isna().eq(~both_classes).all()
+    assert (check[["margin_sd", "posix"]] >= 0).all().all()
+    assert summary.loc[summary["group"] == "clean", ["flip_rate", "flip_rate_cal"]].isna().all().all()
 
 
 def test_resume_recomputes_nothing_and_duplicates_nothing(tiny_dir, tmp_path, mirror):
@@ -93,8 +102,16 @@ def test_changed_settings_do_not_reuse_results(tiny_dir, tmp_path, mirror):
     rank = validate(_values(tiny_dir, tmp_path))
     run_evaluation(rank, rank=0, world_size=1)
     gen = run_evaluation(validate(_values(tiny_dir, tmp_path, scoring="generate", max_new_tokens=2)), 0, 1)
-    assert (gen.predictions["label_scores"] == "{}").all()
+    assert (gen.predictions["label_scores"] == "{}").all() and (gen.predictions["label_tokens"] == "{}").all()
+    assert gen.summary[["auc", "cal_acc", "margin_sd", "posix"]].isna().all().all()  # no label scores to read
     assert len(list((rank.run_dir / "eval" / "cache").iterdir())) == 2
+
+
+def test_units_of_an_older_cache_format_are_not_reused(tiny_dir, tmp_path, monkeypatch):
+    P = validate(_values(tiny_dir, tmp_path))
+    current = ev.settings_key(P)
+    monkeypatch.setattr(ev, "CACHE_FORMAT", ev.CACHE_FORMAT - 1)
+    assert ev.settings_key(P) != current
 
 
 def test_edited_prompt_file_reevaluates_only_the_changed_instruction(tiny_dir, tmp_path, mirror):

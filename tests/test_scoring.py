@@ -12,11 +12,13 @@ from coinlib.evaluate.scoring import (
     encode,
     format_input,
     label_continuation,
+    label_token_ids,
     length_sorted_batches,
     parse_label,
     plain_greedy,
     score_instruction,
 )
+from coinlib.train.batching import IGNORE, encode_pair
 
 NLI = ("entailment", "not_entailment")
 CONTENTS = ["Sentence 1: A man plays. Sentence 2: Someone plays.", "Sentence 1: Cats. Sentence 2: Dogs bark loudly.",
@@ -109,26 +111,61 @@ def test_early_stop_keeps_predictions(tiny_model, smol_tokenizer):
     assert all(f.raw_output.startswith(e.raw_output) for e, f in zip(early, full))
 
 
-def _separate_log_likelihood(model, tok, text: str, continuation: str, fmt: str) -> float:
-    ids = tok(text, add_special_tokens=fmt != "chat")["input_ids"]
-    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+def _separate_log_likelihood(model, tok, content: str, label: str, fmt: str) -> float:
+    """Summed log-probability of the label's tokens, one sequence at a time; in the ``train`` format the sequence
+    and its target tokens come from the training encoder itself."""
+    if fmt == "train":
+        ids, targets, _ = encode_pair(tok, INSTRUCTION + content, label, cutoff_len=4096)
+        positions = [t for t, lab in enumerate(targets) if lab != IGNORE]
+    else:
+        prompt = tok(format_input(INSTRUCTION, content, fmt, tok), add_special_tokens=fmt != "chat")["input_ids"]
+        cont = tok(label_continuation(label, fmt), add_special_tokens=False)["input_ids"]
+        ids, positions = prompt + cont, list(range(len(prompt), len(prompt) + len(cont)))
     with torch.no_grad():
-        logprobs = torch.log_softmax(model(torch.tensor([ids + cont])).logits[0].float(), -1)
-    return sum(logprobs[len(ids) - 1 + t, c].item() for t, c in enumerate(cont))
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return sum(logprobs[t - 1, ids[t]].item() for t in positions)
 
 
-@pytest.mark.parametrize("fmt", ["paper", "chat"])
+@pytest.mark.parametrize("fmt", ["paper", "train", "chat"])
 def test_rank_equals_separate_scoring(tiny_model, smol_tokenizer, fmt):
     tiny_model.eval()
     labels = ("entailment", "neutral", "contradiction")
     got = score_instruction(tiny_model, smol_tokenizer, INSTRUCTION, CONTENTS, labels, fmt, "rank", batch_size=3)
     for content, result in zip(CONTENTS, got):
-        text = format_input(INSTRUCTION, content, fmt, smol_tokenizer)
-        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, text, label_continuation(lab, fmt), fmt)
-                    for lab in labels]
+        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, content, lab, fmt) for lab in labels]
         scores = json.loads(result.label_scores)
         assert [scores[lab] for lab in labels] == pytest.approx(expected, abs=2e-3)
         assert result.prediction == labels[max(range(3), key=expected.__getitem__)]
+        n_tokens = {lab: len(smol_tokenizer(label_continuation(lab, fmt), add_special_tokens=False)["input_ids"])
+                    + (fmt == "train") for lab in labels}  # train: + the EOS training appends
+        assert json.loads(result.label_tokens) == n_tokens
+
+
+@pytest.mark.parametrize("labels", [("negative", "positive"), ("entailment", "not_entailment"),
+                                    ("entailment", "neutral", "contradiction")])
+def test_train_format_scores_exactly_the_tokens_training_teaches(smol_tokenizer, labels):
+    """The rank-scored sequence (shared prefix + suffix + label tokens) of the train format is the training sequence
+    token for token, and the scored label tokens are exactly the tokens training computes its loss on."""
+    texts = [format_input(INSTRUCTION, c, "train") for c in CONTENTS]
+    enc = encode(smol_tokenizer, texts, "train")
+    scored = label_token_ids(smol_tokenizer, labels, "train")
+    for content, suffix in zip(CONTENTS, enc.suffixes):
+        for label, cont in zip(labels, scored):
+            ids, targets, truncated = encode_pair(smol_tokenizer, INSTRUCTION + content, label, cutoff_len=4096)
+            assert not truncated
+            assert enc.prefix + suffix + cont == ids
+            assert cont == [t for t in targets if t != IGNORE]
+            assert cont[-1] == smol_tokenizer.eos_token_id
+
+
+def test_paper_format_scores_the_next_word_after_the_colon(smol_tokenizer):
+    """The paper's input ends with "### Response:" (no newline), so the label is scored as the next word, " label":
+    a different token than the training target (no space, after a newline), which is why both formats are reported."""
+    paper = label_token_ids(smol_tokenizer, ("positive",), "paper")[0]
+    train = label_token_ids(smol_tokenizer, ("positive",), "train")[0]
+    assert smol_tokenizer.convert_ids_to_tokens(paper) == ["\u0120positive"]  # "Ġ": the leading space
+    assert smol_tokenizer.convert_ids_to_tokens(train) == ["positive", smol_tokenizer.eos_token]
+    assert label_token_ids(smol_tokenizer, ("positive",), "chat")[0] == train[:-1]
 
 
 @pytest.mark.slow

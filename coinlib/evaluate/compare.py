@@ -10,20 +10,31 @@ both models, for every group and instruction) and recomputes, per group,
 
 Rows come per group and for ``"average"`` (every group pooled). ``p_better`` is the share of replicates in which model
 ``a`` is more accurate than model ``b``.
+
+The label-free metrics of :mod:`coinlib.evaluate.metrics` come with the same kind of interval (columns
+``{metric}_a``, ``_b``, ``_diff``, ``_diff_low``, ``_diff_high``), from the same seed and the same draws, averaged
+over instructions and tasks like ``acc``: ``auc`` (recomputed on every resample), ``cal_acc`` (thresholds set once on
+the full sample and held fixed), ``flip_rate`` and ``flip_rate_cal`` (perturbed groups only; ``"average"`` pools the
+perturbed groups). They are NaN where the predictions carry no label scores (``generate`` mode).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
 
 from coinlib.core.params import ALL_GROUPS
+from coinlib.evaluate.metrics import calibrated_answers, label_score_matrix, log_odds
 
+LABEL_FREE = ("auc", "cal_acc", "flip_rate", "flip_rate_cal")
 COMPARE_COLUMNS = [
     "group", "model_a", "model_b", "acc_a", "acc_b", "acc_diff", "acc_diff_low", "acc_diff_high", "p_better",
     "instr_std_a", "instr_std_b", "instr_std_diff", "instr_std_diff_low", "instr_std_diff_high", "n_tasks",
-    "n_instances",
+    "n_instances", *[f"{m}_{part}" for m in LABEL_FREE for part in ("a", "b", "diff", "diff_low", "diff_high")],
 ]
+CLEAN = "clean"
 
 
 def _cube(predictions: pd.DataFrame, model: str, groups: list[str]) -> dict[str, np.ndarray]:
@@ -82,10 +93,115 @@ def paired_bootstrap(predictions: pd.DataFrame, model_a: str, model_b: str, n_bo
     acc_lo, acc_hi = np.percentile(bacc_a - bacc_b, [tail, 100 - tail], axis=-1)
     std_lo, std_hi = np.percentile(bstd_a - bstd_b, [tail, 100 - tail], axis=-1)
     n_instances = sum(cubes[model_a][t].shape[-1] for t in tasks)
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "group": groups + [ALL_GROUPS], "model_a": model_a, "model_b": model_b, "acc_a": acc_a, "acc_b": acc_b,
         "acc_diff": acc_a - acc_b, "acc_diff_low": acc_lo, "acc_diff_high": acc_hi,
         "p_better": ((bacc_a - bacc_b) > 0).mean(-1), "instr_std_a": std_a, "instr_std_b": std_b,
         "instr_std_diff": std_a - std_b, "instr_std_diff_low": std_lo, "instr_std_diff_high": std_hi,
         "n_tasks": len(tasks), "n_instances": n_instances,
-    })[COMPARE_COLUMNS]
+    })
+    extra = _label_free_paired(predictions, (model_a, model_b), groups, tasks, n_boot, seed, level)
+    return pd.concat([table, extra], axis=1)[COMPARE_COLUMNS]
+
+
+# ------------------------------------------------------------------------------------------------ label-free
+def weighted_auc(scores: np.ndarray, gold: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`coinlib.evaluate.metrics.instruction_auc` of one instruction with instance weights ``[replicates,
+    instances]`` (bootstrap counts: each pair counts with the product of its instances' weights)."""
+    m, weights = log_odds(scores), np.asarray(weights, dtype=float)
+    per_label = []
+    for k in ([1] if m.shape[1] == 2 else range(m.shape[1])):
+        pos = gold == k
+        if pos.all() or not pos.any():
+            continue
+        diff = m[pos, k][:, None] - m[~pos, k][None, :]
+        wins = (diff > 0) + 0.5 * (diff == 0)
+        wp, wn = weights[:, pos], weights[:, ~pos]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_label.append(((wp @ wins) * wn).sum(1) / (wp.sum(1) * wn.sum(1)))
+    if not per_label:
+        return np.full(len(weights), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per_label, axis=0)
+
+
+def _task_arrays(frame: pd.DataFrame, groups: list[str]) -> dict[str, object]:
+    """Per-instance arrays of one model and task: calibrated correctness and flips ``[group, instruction, instance]``
+    (NaN where undefined) and per (group, instruction) the label scores and gold indices for the AUC."""
+    frame = frame.sort_values(["instruction_id", "instance_id"], kind="stable")
+    by_group = {g: f for g, f in frame.groupby("group", sort=False)}
+    shape = (len(groups), by_group[groups[0]]["instruction_id"].nunique(), by_group[groups[0]]["instance_id"].nunique())
+    out = {"cal_acc": np.full(shape, np.nan), "flip_rate": np.full(shape, np.nan),
+           "flip_rate_cal": np.full(shape, np.nan), "auc": {}}
+    answers, calibrated = {}, {}
+    for gi, g in enumerate(groups):
+        f = by_group[g]
+        if "prediction" in f.columns:
+            answers[g] = f["prediction"].to_numpy(object).reshape(shape[1:])
+        table = label_score_matrix(f) if {"label_scores", "gold"} <= set(f.columns) else None
+        if table is None:
+            continue
+        labels, flat = table
+        scores = flat.reshape(*shape[1:], len(labels))
+        gold = f["gold"].map({lab: k for k, lab in enumerate(labels)}).fillna(-1).to_numpy(int).reshape(shape[1:])
+        calibrated[g] = np.stack([calibrated_answers(s) for s in scores])
+        out["cal_acc"][gi] = calibrated[g] == gold
+        out["auc"].update({(gi, i): (scores[i], gold[i]) for i in range(shape[1])})
+    for gi, g in enumerate(groups):
+        if g != CLEAN and CLEAN in groups:
+            for name, source in (("flip_rate", answers), ("flip_rate_cal", calibrated)):
+                if g in source and CLEAN in source:
+                    out[name][gi] = source[g] != source[CLEAN]
+    return out
+
+
+def _label_free_stats(arrays: dict, weights: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
+    """``[replicates, group]`` of each label-free metric, for instance ``weights`` ``[replicates, instance]``."""
+    n = weights.shape[1]
+    stats = {m: np.einsum("bn,gin->bgi", weights, arrays[m]).mean(-1) / n for m in ("cal_acc", "flip_rate",
+                                                                                   "flip_rate_cal")}
+    auc = np.full((len(weights), n_groups), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for gi in range(n_groups):
+            per_instruction = [weighted_auc(s, gold, weights) for (g, _), (s, gold) in arrays["auc"].items() if g == gi]
+            if per_instruction:
+                auc[:, gi] = np.nanmean(per_instruction, axis=0)
+    stats["auc"] = auc
+    return stats
+
+
+def _label_free_paired(predictions: pd.DataFrame, models: tuple[str, str], groups: list[str], tasks: list[str],
+                       n_boot: int, seed: int, level: float) -> pd.DataFrame:
+    """The label-free columns of :func:`paired_bootstrap` (module doc), one row per group and ``"average"``."""
+    rng = np.random.default_rng(seed)  # the same seed and per-task draws as the accuracy replicates
+    point = {m: [] for m in models}
+    boot = {m: [] for m in models}
+    for t in tasks:
+        arrays = {m: _task_arrays(predictions[(predictions["model"] == m) & (predictions["task"] == t)], groups)
+                  for m in models}
+        n = arrays[models[0]]["cal_acc"].shape[-1]
+        idx = rng.integers(0, n, size=(n_boot, n))
+        counts = np.zeros((n_boot, n))
+        np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+        for m in models:
+            point[m].append(_label_free_stats(arrays[m], np.ones((1, n)), len(groups)))
+            boot[m].append(_label_free_stats(arrays[m], counts, len(groups)))
+
+    def pooled(per_task: list[dict], metric: str) -> np.ndarray:
+        """``[replicates, group + average]``: mean over tasks, then the average over groups (NaN-aware)."""
+        by_group = np.nanmean([s[metric] for s in per_task], axis=0)
+        return np.concatenate([by_group, np.nanmean(by_group, axis=1, keepdims=True)], axis=1)
+
+    tail = (1 - level) / 2 * 100
+    columns = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for metric in LABEL_FREE:
+            a, b = (pooled(point[m], metric)[0] for m in models)
+            diff = pooled(boot[models[0]], metric) - pooled(boot[models[1]], metric)
+            low, high = np.nanpercentile(diff, [tail, 100 - tail], axis=0)
+            columns.update({f"{metric}_a": a, f"{metric}_b": b, f"{metric}_diff": a - b, f"{metric}_diff_low": low,
+                            f"{metric}_diff_high": high})
+    return pd.DataFrame(columns)

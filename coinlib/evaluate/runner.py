@@ -37,9 +37,13 @@ log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = [
     "model", "adapter", "task", "group", "instruction_id", "instruction", "instance_id", "gold", "prediction",
-    "correct", "raw_output", "label_scores",
+    "correct", "raw_output", "label_scores", "label_tokens",
 ]
 BASE_LABEL = "base"
+#: Version of what a cached unit holds and how it was scored, part of :func:`settings_key`: bumped when either
+#: changes, so older units are evaluated afresh rather than misread. 2: ``label_tokens`` column; ``train``-format
+#: rank scoring scores the EOS training appends.
+CACHE_FORMAT = 2
 
 
 class EvaluationError(RuntimeError):
@@ -126,8 +130,8 @@ def settings_key(P: "Params") -> str:
     """Short hash of the settings shared by every model that change a prediction; cached units live under it, so
     changed settings start fresh (each model's adapter weights key its own folder, see :meth:`Unit.path`)."""
     e, m = P.evaluate, P.model
-    fields = dict(model=m.name, revision=m.revision, dtype=m.dtype, load_in_4bit=m.load_in_4bit,
-                  n=e.n_per_task,
+    fields = dict(cache_format=CACHE_FORMAT, model=m.name, revision=m.revision, dtype=m.dtype,
+                  load_in_4bit=m.load_in_4bit, n=e.n_per_task,
                   fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -220,6 +224,7 @@ def _write_unit(unit: Unit, spec: ModelSpec, instruction: str, frame: pd.DataFra
         "instance_id": frame["instance_id"].to_numpy(), "gold": frame["gold"].to_numpy(),
         "prediction": [s.prediction for s in scored], "raw_output": [s.raw_output for s in scored],
         "label_scores": [s.label_scores for s in scored],
+        "label_tokens": [getattr(s, "label_tokens", "{}") for s in scored],
     })
     rows["correct"] = rows["prediction"] == rows["gold"]
     path = unit.path(cache)

@@ -48,8 +48,28 @@ def format_input(instruction: str, content: str, fmt: InputFormat, tokenizer=Non
 
 
 def label_continuation(label: str, fmt: InputFormat) -> str:
-    """Text a label word is scored as in ``rank`` mode: after "### Response:" a space, else the word itself."""
+    """Text a label word is scored as in ``rank`` mode (see :func:`label_token_ids` for the tokens).
+
+    ``paper``: the input ends with "### Response:" and the answer is read as the next word, " label";
+    ``train``: the label right after "### Response:\\n" with no space, as training writes the output;
+    ``chat``: the label as the assistant turn's text.
+    """
     return f" {label}" if fmt == "paper" else label
+
+
+def label_token_ids(tokenizer, labels: Sequence[str], fmt: InputFormat) -> list[list[int]]:
+    """Token ids scored for each label in ``rank`` mode, tokenised apart from the input as training does.
+
+    ``train`` scores exactly the target tokens training teaches (:func:`coinlib.train.batching.encode_pair`): the
+    label tokens and the EOS training appends, so a label's score is the likelihood of the whole answer, not of a
+    prefix of a longer one. ``paper`` and ``chat`` score the label's tokens only.
+    """
+    ids = [tokenizer(label_continuation(lab, fmt), add_special_tokens=False)["input_ids"] for lab in labels]
+    if fmt == "train":
+        if tokenizer.eos_token_id is None:
+            raise ValueError("input_format 'train' scores the EOS training appends, but the tokenizer has no EOS token")
+        ids = [row + [tokenizer.eos_token_id] for row in ids]
+    return ids
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -233,6 +253,7 @@ class Scored:
     prediction: str
     raw_output: str
     label_scores: str  # JSON object label -> log-likelihood (rank mode), "{}" in generate mode
+    label_tokens: str = "{}"  # JSON object label -> number of tokens scored (rank mode), "{}" in generate mode
 
 
 @torch.inference_mode()
@@ -248,7 +269,8 @@ def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str
     enc = encode(tokenizer, texts, fmt)
     cache = _prefix_cache(model, enc.prefix, _device(model))
     results: list[Scored | None] = [None] * len(texts)
-    conts = [tokenizer(label_continuation(lab, fmt), add_special_tokens=False)["input_ids"] for lab in labels]
+    conts = label_token_ids(tokenizer, labels, fmt)
+    n_tokens = json.dumps({lab: len(c) for lab, c in zip(labels, conts)})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for batch in length_sorted_batches([len(s) for s in enc.suffixes], batch_size):
         suffixes = [enc.suffixes[i] for i in batch]
@@ -261,7 +283,7 @@ def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str
             for i, row in zip(batch, scores):
                 best = max(range(len(labels)), key=row.__getitem__)
                 results[i] = Scored(labels[best], label_continuation(labels[best], fmt),
-                                    json.dumps({lab: round(v, 4) for lab, v in zip(labels, row)}))
+                                    json.dumps({lab: round(v, 4) for lab, v in zip(labels, row)}), n_tokens)
         else:
             raise ValueError(f"unknown scoring mode {mode!r}; use 'generate' or 'rank'")
         if progress is not None:

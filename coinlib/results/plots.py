@@ -204,6 +204,64 @@ def plot_figure3(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt
     return fig
 
 
+# ---------------------------------------------------------------------------------------------- Figure 3 companion
+# The label-free metrics (coinlib.evaluate.metrics) per perturbation group, models side by side.
+
+LABEL_FREE_PANELS = [
+    ("auc", "ROC AUC of the label-score margin (%)"), ("cal_acc", "calibrated accuracy (%)"),
+    ("flip_rate", "flip rate vs clean, answers (%)"), ("flip_rate_cal", "flip rate vs clean, calibrated (%)"),
+]
+
+
+def figure3_label_free_data(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model x group: mean over tasks (those where it is defined) of each label-free metric, and ``n_tasks``."""
+    cols = ["auc", "cal_acc", "flip_rate", "flip_rate_cal", "margin_sd", "posix"]
+    missing = [c for c in cols if c not in summary.columns]
+    if missing:
+        raise ValueError(f"summary lacks {missing}; it predates the label-free metrics. Fix: rerun the evaluation "
+                         "(python -m coinlib.evaluate params/X.yaml --merge rebuilds summary.csv from the cache).")
+    data = summary.groupby(["model", "group"], sort=False).agg(
+        **{c: (c, "mean") for c in cols}, n_tasks=("task", "nunique")).reset_index()
+    order = {g: i for i, g in enumerate(GROUP_LABELS)}
+    data = data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
+    return data.reset_index(drop=True)
+
+
+def _models_by_role(models: list[str], roles: dict[str, str] | None) -> tuple[list[str], dict, dict]:
+    """Models in the order base, CIT, COIN, then the others; each one's colour and legend label (as Figure 3)."""
+    roles = {m: r for m, r in (roles or {}).items() if r in ROLE_COLORS}
+    rank = {r: i for i, r in enumerate(ROLE_COLORS)}
+    ordered = sorted(models, key=lambda m: rank.get(roles.get(m), len(rank)))
+    others = iter(c for c in plt.get_cmap("tab10").colors if c not in ROLE_COLORS.values())
+    colors = {m: ROLE_COLORS[roles[m]] if m in roles else next(others) for m in ordered}
+    labels = {m: f"{ROLE_LABELS[roles[m]]} ({m})" if m in roles and roles[m] != m else m for m in ordered}
+    return ordered, colors, labels
+
+
+def plot_figure3_label_free(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt.Figure:
+    """Four panels (:data:`LABEL_FREE_PANELS`, in %) with one bar per model in each group; colours and model order as
+    :func:`plot_figure3`. Clean has no flip rate (it is the reference); a dashed line marks chance AUC."""
+    use_style()
+    models, colors, labels = _models_by_role(list(dict.fromkeys(data["model"])), roles)
+    groups = list(dict.fromkeys(data["group"]))
+    width = 0.8 / len(models)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.2))
+    for ax, (col, title) in zip(axes.flat, LABEL_FREE_PANELS):
+        table = data.pivot(index="group", columns="model", values=col).reindex(index=groups, columns=models)
+        for i, model in enumerate(models):
+            x = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
+            ax.bar(x, 100 * table[model].to_numpy(), width, color=colors[model], label=labels[model])
+        ax.set_xticks(np.arange(len(groups)), [GROUP_LABELS.get(g, g).replace(" (", "\n(") for g in groups],
+                      fontsize=8.5)
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+    axes[0][0].axhline(50, color="#444444", lw=1, ls="--")
+    axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="model")
+    fig.suptitle(f"Label-free robustness over {int(data['n_tasks'].max())} GLUE task(s) (companion of Figure 3)")
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------- training curves
 # L_ent, L_ctr, the contrastive weight w and the cosines of a run, from its ``train_log.csv``.
 
