@@ -127,8 +127,8 @@ def check_mutual_pairs(dataset) -> None:
     """
     cols = {c: dataset[c] for c in ("task", "prompt", "target", "neg_prompt", "neg_target")}
     n = len(cols["task"])
-    fix = ("Fix: build the data with coinlib.data.pairs (it emits such pairs), keep its order, or use "
-           "train.batching: paired or in_batch.")
+    fix = ("Fix: build the data with coinlib.data.pairs (it emits such pairs; delete a data folder built by an "
+           "older version so it is rebuilt), keep its order, or use train.batching: paired or in_batch.")
     if n % 2:
         raise ValueError(f"train.batching=reference needs entries in pairs of mutual hard negatives; the data has "
                          f"an odd number of entries ({n}). {fix}")
