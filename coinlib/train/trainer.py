@@ -10,8 +10,9 @@ code) runs micro-batches of 2 entries that are each other's hard negatives, in d
 candidates are that micro-batch's rows. L_ent = token-mean CE on the output tokens of the originals + the same
 for the positives (the reference code sums the two); L_ctr = symmetric InfoNCE over last-token final-layer
 hidden states; L = L_ent + w * L_ctr with the reference code's weight (:func:`coinlib.train.loss.contrastive_weight`).
-``train.contrastive: false`` is the CIT baseline (L_ent only, no negatives forwarded). Outputs (``P.run_dir``): ``adapter/`` (safetensors), ``params.yaml``, ``train_log.csv``,
-``checkpoints/`` (rerunning resumes from the last one), ``tensorboard/``.
+``train.contrastive: false`` is the CIT baseline (L_ent only, no negatives forwarded). Outputs (``P.run_dir``):
+``adapter/`` (safetensors), ``params.yaml``, ``train_log.csv``, ``checkpoints/`` (rerunning resumes from the last
+one), ``tensorboard/``.
 """
 
 from __future__ import annotations
