@@ -10,8 +10,16 @@ from coinlib.core.formats import train_text
 from coinlib.train.batching import IGNORE, PairCollator, PairSampler, encode_entries, encode_pair, micro_batch_order
 
 
-def test_encode_pair_labels_cover_target_and_eos_only(smol_tokenizer):
+def test_encode_pair_default_has_no_eos_and_labels_cover_the_target(smol_tokenizer):
     ids, labels, truncated = encode_pair(smol_tokenizer, "Is it good?", "positive", 64)
+    n_target = len(smol_tokenizer("positive", add_special_tokens=False)["input_ids"])
+    assert not truncated and smol_tokenizer.eos_token_id not in ids  # the reference appends no EOS
+    assert labels == [IGNORE] * (len(ids) - n_target) + ids[-n_target:]
+    assert smol_tokenizer.decode(ids) == train_text("Is it good?", "positive")
+
+
+def test_encode_pair_labels_cover_target_and_eos_only(smol_tokenizer):
+    ids, labels, truncated = encode_pair(smol_tokenizer, "Is it good?", "positive", 64, append_eos=True)
     n_target = len(smol_tokenizer("positive", add_special_tokens=False)["input_ids"]) + 1
     assert not truncated and len(ids) == len(labels)
     assert labels[: len(ids) - n_target] == [IGNORE] * (len(ids) - n_target)
@@ -21,7 +29,8 @@ def test_encode_pair_labels_cover_target_and_eos_only(smol_tokenizer):
 
 def test_encode_pair_truncation_keeps_target_and_response_marker(smol_tokenizer):
     long_prompt = "word " * 200
-    ids, labels, truncated = encode_pair(smol_tokenizer, long_prompt, "negative", 32)
+    ids, labels, truncated = encode_pair(smol_tokenizer, long_prompt, "negative", 32, append_eos=True,
+                                         truncation="keep_target")
     assert truncated and len(ids) == 32
     text = smol_tokenizer.decode(ids)
     assert text.startswith("word") and text.endswith("### Response:\nnegative" + smol_tokenizer.eos_token)
@@ -44,7 +53,7 @@ def test_order_is_a_seeded_permutation(group):
 
 
 def test_group_by_task_fills_micro_batches_with_one_task():
-    tasks = make_entries(21)["task"]  # 7 entries per task: 3 full micro-batches of 2 each, 1 leftover
+    tasks = [["rte", "sst2", "cola"][i % 3] for i in range(21)]  # 7 entries per task: 3 micro-batches of 2, 1 leftover
     order = micro_batch_order(tasks, 2, seed=3, group_by_task=True)
     chunks = [order[i:i + 2] for i in range(0, 18, 2)]
     assert all(len({tasks[i] for i in c}) == 1 for c in chunks)

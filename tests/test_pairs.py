@@ -55,7 +55,7 @@ def test_pair_invariants(pools, entries):
 
 def test_round_robin_and_traceable_ids(pools, entries):
     names = [p.name for p in pools.pools]
-    assert [e["task"] for e in entries[: 3 * len(names)]] == names * 3
+    assert [e["task"] for e in entries[: 6 * len(names)]] == [n for n in names for _ in "ab"] * 3  # a pair per visit
     assert [e["entry_id"] for e in entries] == list(range(len(entries)))
     assert all(e["instance_id"].startswith(("super_glue/", "glue/", "trec/", "winograd_wsc/")) for e in entries)
 
@@ -68,11 +68,18 @@ def test_same_seed_same_entries_other_seed_differs(pools, entries):
 def test_exhaustion_replacement_and_caps(pools):
     wsc = [p for p in pools.pools if p.name == "wsc273"]
     n = len(wsc[0].examples)
-    no_repl = pairs.build_entries(wsc, n + 50, seed=0)
-    assert len(no_repl) == n and len({e["instance_id"] for e in no_repl}) == n
-    assert len(pairs.build_entries(wsc, n + 50, seed=0, replacement=True)) == n + 50
-    capped = pairs.build_entries(pools.pools, 1000, seed=0, caps={"wsc273": 3})
-    assert sum(e["task"] == "wsc273" for e in capped) == 3
+    size = n + 51 if n % 2 else n + 50
+    no_repl = pairs.build_entries(wsc, size, seed=0)
+    used = {e["instance_id"] for e in no_repl}
+    assert len(used) == len(no_repl) and len(no_repl) % 2 == 0 and len(no_repl) >= n - 3  # each instance once
+    left = {x.answer for x in wsc[0].examples if x.instance_id not in used}
+    assert len(left) <= 1  # it stops only when the unused instances cannot form a pair
+    assert len(pairs.build_entries(wsc, size, seed=0, replacement=True)) == size
+    for cap, expected in ((3, 2), (4, 4)):  # pairs only: an odd cap stops one entry short
+        capped = pairs.build_entries(pools.pools, 1000, seed=0, caps={"wsc273": cap})
+        assert sum(e["task"] == "wsc273" for e in capped) == expected
+    with pytest.raises(pairs.DataError, match="data.size=7 is odd.*even size such as 8"):
+        pairs.build_entries(wsc, 7, seed=0)
 
 
 def test_eval_holdout_and_named_skips(mirror, flan_templates):

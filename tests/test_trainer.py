@@ -65,20 +65,26 @@ def _manual_loss(model, batch, k):
     return ce, h
 
 
-@pytest.mark.parametrize("batching,gather", [("paired", False), ("in_batch", False), ("in_batch", True)])
+@pytest.mark.parametrize("batching,gather", [("reference", False), ("paired", False), ("in_batch", False),
+                                             ("in_batch", True)])
 def test_compute_loss_matches_hand_wiring(tmp_path, smol_tokenizer, batching, gather):
     P = make_params(tmp_path, batching=batching, gather_across_processes=gather)
     model, tok = train_mod.prepare_model(P, fresh_model(smol_tokenizer), smol_tokenizer)
     model.eval()  # no dropout: both computations see the same network
     enc = encode_entries(make_entries(3), tok, 64)
-    batch = PairCollator(tok)([enc[i] for i in range(3)])
+    k = 2 if batching == "reference" else 3
+    collator = PairCollator(tok, negatives=batching != "reference")
+    batch = collator([enc[i] for i in range(k)])
     trainer = train_mod.CoinTrainer(model=model, args=train_mod.training_arguments(P), train_dataset=enc,
-                                    data_collator=PairCollator(tok), coin=P.train)
+                                    data_collator=collator, coin=P.train)
     with torch.no_grad():
         got = trainer.compute_loss(model, batch)
-        ce, h = _manual_loss(model, batch, 3)
-    o, p, n = h[:3], h[3:6], h[6:]
-    if batching == "paired":  # own positive vs own negative only
+        ce, h = _manual_loss(model, batch, k)
+    o, p, n = h[:k], h[k:2 * k], h[2 * k:]
+    if batching == "reference":  # the micro-batch's own rows, no negative row
+        assert batch["input_ids"].shape[0] == 4
+        ctr = symmetric_info_nce(o, p, 0.05)
+    elif batching == "paired":  # own positive vs own negative only
         ctr = 0.5 * sum(-F.log_softmax(torch.stack([F.cosine_similarity(a[i], b[i], 0), F.cosine_similarity(a[i], n[i], 0)])
                                        / 0.05, 0)[0] for a, b in ((o, p), (p, o)) for i in range(3)) / 3
     else:

@@ -101,14 +101,24 @@ class TrainParams(_Section):
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1, description="effective batch size in pairs (micro-batch x accumulation)")
     micro_batch_pairs: int = Field(2, ge=1, description="pairs per forward pass (per process)")
-    batching: Literal["paired", "in_batch"] = Field(
-        "paired", description="paired = reference: each InfoNCE sees its own positive and its own hard negative; "
+    batching: Literal["reference", "paired", "in_batch"] = Field(
+        "reference", description="reference = the paper's code: micro-batches of 2 entries that are each other's hard "
+        "negatives, kept in data order; InfoNCE over that micro-batch, no extra sequence forwarded; "
+        "paired = each InfoNCE sees its own positive and its own forwarded hard negative; "
         "in_batch = every positive and negative of the micro-batch (and of all processes if gather) is a candidate")
     row_negatives: bool = Field(
-        True, description="forward each entry's hard negative (same instruction, other instance); False = only the "
-        "other entries of the micro-batch are negatives (no extra sequences; in_batch only)")
+        True, description="paired/in_batch: forward each entry's hard negative (same instruction, other instance); "
+        "False = only the other entries of the micro-batch are negatives (no extra sequences; in_batch only)")
     group_by_task: bool = Field(True, description="in_batch: fill each micro-batch with entries of one task")
-    shuffle: bool = Field(True, description="shuffle micro-batches (the reference code keeps the data order)")
+    shuffle: Optional[bool] = Field(
+        None, description="shuffle micro-batches; null = the mode's default (reference: never, as the reference "
+        "code keeps the data order; paired/in_batch: shuffled)")
+    append_eos: bool = Field(
+        False, description="append EOS to every training sequence (and pool its hidden state); the reference "
+        "code appends none, so the pooled token is the last output token")
+    truncation: Literal["right", "keep_target"] = Field(
+        "right", description="sequences longer than cutoff_len: right = cut from the right as the reference code "
+        "(the output may be cut); keep_target = keep the output and the response marker, drop the prompt's middle")
     gather_across_processes: bool = Field(
         False, description="in_batch with several processes: gather embeddings so other processes' rows are negatives")
     epochs: float = Field(1.0, gt=0)

@@ -5,7 +5,10 @@ template text is changed at the given level before rendering, so only the instru
 instance. FLAN placeholders (``{premise}``, ``{options_}``), the instance's answer options and the
 answer-format words are protected. An extra row keeps every column of its entry, with
 ``pos_template_id == template_id`` (a regular positive always uses another template) and ``pos_prompt`` the
-perturbed rendering. Rows follow their entry; ``entry_id`` is renumbered in order.
+perturbed rendering. Rows follow their entry; an entry and the next one that are each other's hard negatives
+(:func:`coinlib.data.pairs.build_entries` emits such pairs) share one perturbed template, and their extra
+rows follow the pair as a pair, so the data stays in pairs of mutual hard negatives. ``entry_id`` is
+renumbered in order.
 """
 
 from __future__ import annotations
@@ -37,18 +40,33 @@ def add_perturbed_positives(entries: list[dict[str, Any]], pools: Iterable[TaskP
     examples = {name: {e.instance_id: e for e in p.examples} for name, p in by_task.items()}
     templates = {name: {t.template_id: t for t in p.templates} for name, p in by_task.items()}
     out: list[dict[str, Any]] = []
-    for entry in entries:
-        out.append(entry)
-        task = entry["task"]
-        template = templates[task][entry["template_id"]]
-        example = examples[task][entry["instance_id"]]
-        option_words = {w for o in example.options for w in re.findall(r"[A-Za-z]+(?:_[A-Za-z]+)*", o)}
+    k = 0
+    while k < len(entries):
+        group = entries[k:k + 2] if _mutual(entries[k:k + 2]) else entries[k:k + 1]
+        k += len(group)
+        out.extend(group)
+        first = group[0]
+        task = first["task"]
+        template = templates[task][first["template_id"]]
+        option_words = {w for e in group for o in examples[task][e["instance_id"]].options
+                        for w in re.findall(r"[A-Za-z]+(?:_[A-Za-z]+)*", o)}
         protected = protected_terms(None, option_words)
-        for k, level in enumerate(levels):
-            text = perturb_instruction(template.input, level, seed=variant_seed(seed, task, 31 * entry["entry_id"] + k),
+        for n, level in enumerate(levels):
+            text = perturb_instruction(template.input, level, seed=variant_seed(seed, task, 31 * first["entry_id"] + n),
                                        protected=protected, budget=budget, **options)
             if text == template.input:
                 continue
-            prompt = render(text, example.fields, f"task {task} template {template.template_id} ({level})")
-            out.append({**entry, "pos_template_id": entry["template_id"], "pos_prompt": prompt})
+            for e in group:
+                prompt = render(text, examples[task][e["instance_id"]].fields,
+                                f"task {task} template {template.template_id} ({level})")
+                out.append({**e, "pos_template_id": e["template_id"], "pos_prompt": prompt})
     return [{**e, "entry_id": i} for i, e in enumerate(out)]
+
+
+def _mutual(group: list[dict[str, Any]]) -> bool:
+    """Whether two entries are each other's hard negatives (same task and template, swapped instances)."""
+    if len(group) != 2:
+        return False
+    a, b = group
+    return (a["task"] == b["task"] and a["template_id"] == b["template_id"]
+            and a["neg_prompt"] == b["prompt"] and b["neg_prompt"] == a["prompt"])

@@ -1,10 +1,12 @@
 """The contrastive training set: originals, positives (same instance, another template) and hard negatives.
 
 Paper sections 3.2 and 4.1: tasks are visited round-robin; each visit takes the task's next instance x
-(output y) and a template t. The positive renders x with another template t' of the same task (a
-paraphrased instruction, same output); the hard negative renders another instance x' with output y' != y
-with the same template t. Every row records task, template ids and instance ids, so each pair can be
-traced to its source rows. All choices come from per-task generators seeded by ``(seed, task index)``.
+(output y), the next instance x' with another output y' != y, and a template t, and emits two consecutive
+entries that are each other's hard negatives (the order the reference code trains in, 2 entries per
+micro-batch): (t, x) and (t, x'). Each entry's positive renders its instance with another template of the
+same task (a paraphrased instruction, same output); its hard negative is the other entry's original (same
+template, other instance and output). Every row records task, template ids and instance ids, so each pair
+can be traced to its source rows. All choices come from per-task generators seeded by ``(seed, task index)``.
 
 :func:`load_or_build` is the entry point: it builds ``P.data_dir`` (dataset, JSONL, Table-2-style counts,
 build report) once, atomically, and loads it afterwards.
@@ -209,25 +211,47 @@ class _TaskSampler:
         self.cursor += 1
         return int(self.order[self.cursor - 1])
 
-    def entry(self, i: int) -> dict[str, Any]:
+    def partner(self, i: int) -> Optional[int]:
+        """The next unused instance whose output differs from ``i``'s (moved to the cursor and consumed).
+
+        When every remaining instance shares ``i``'s output: with replacement a random other-output instance
+        (reused), without it ``None`` (the task leaves the rotation).
+        """
+        for pos in range(self.cursor, len(self.order)):
+            if self.answers[self.order[pos]] != self.answers[i]:
+                self.order[[self.cursor, pos]] = self.order[[pos, self.cursor]]
+                self.cursor += 1
+                return int(self.order[self.cursor - 1])
+        if not self.replacement:
+            return None
+        others = self.others[int(self.answers[i])]
+        return int(others[self.rng.integers(len(others))])
+
+    def next_pair(self) -> Optional[tuple[int, int]]:
+        i = self.next_index()
+        j = None if i is None else self.partner(i)
+        return None if j is None else (i, j)
+
+    def pair_entries(self, i: int, j: int) -> list[dict[str, Any]]:
+        """Two entries sharing template t: (t, x_i) and (t, x_j), each the other's hard negative."""
         pool, rng = self.pool, self.rng
         n_t = len(pool.templates)
         a = int(rng.integers(n_t))
-        b = (a + 1 + int(rng.integers(n_t - 1))) % n_t
-        others = self.others[int(self.answers[i])]
-        j = int(others[rng.integers(len(others))])
-        t, t_pos = pool.templates[a], pool.templates[b]
-        x, x_neg = pool.examples[i], pool.examples[j]
-        prompt, target = render_example(t, x, pool.name)
-        neg_prompt, neg_target = render_example(t, x_neg, pool.name)
-        return {
-            "task": pool.name, "category": pool.adapter.category,
-            "template_id": t.template_id, "pos_template_id": t_pos.template_id,
-            "instance_id": x.instance_id, "neg_instance_id": x_neg.instance_id,
-            "prompt": prompt, "target": target,
-            "pos_prompt": render(t_pos.input, x.fields, f"task {pool.name} template {t_pos.template_id}"),
-            "neg_prompt": neg_prompt, "neg_target": neg_target, "options": list(x.options),
-        }
+        pos_templates = [(a + 1 + int(rng.integers(n_t - 1))) % n_t for _ in range(2)]
+        t = pool.templates[a]
+        rendered = [render_example(t, pool.examples[k], pool.name) for k in (i, j)]
+        out = []
+        for me, other, b in ((0, 1, pos_templates[0]), (1, 0, pos_templates[1])):
+            x, x_neg, t_pos = pool.examples[(i, j)[me]], pool.examples[(i, j)[other]], pool.templates[b]
+            out.append({
+                "task": pool.name, "category": pool.adapter.category,
+                "template_id": t.template_id, "pos_template_id": t_pos.template_id,
+                "instance_id": x.instance_id, "neg_instance_id": x_neg.instance_id,
+                "prompt": rendered[me][0], "target": rendered[me][1],
+                "pos_prompt": render(t_pos.input, x.fields, f"task {pool.name} template {t_pos.template_id}"),
+                "neg_prompt": rendered[other][0], "neg_target": rendered[other][1], "options": list(x.options),
+            })
+        return out
 
 
 def _answer_codes(examples: list[Example]) -> list[int]:
@@ -237,15 +261,21 @@ def _answer_codes(examples: list[Example]) -> list[int]:
 
 def build_entries(pools: list[TaskPool], size: int, seed: int, replacement: bool = False,
                   caps: Optional[dict[str, int]] = None, progress: bool = False) -> list[dict[str, Any]]:
-    """``size`` entries, one task at a time round-robin, until every task is exhausted or capped.
+    """``size`` entries, one pair of mutual hard negatives per task visit, round-robin, until every task is done.
 
-    Without ``replacement`` a task leaves the rotation once each instance was used; with it, its pool is
-    reshuffled and reused. ``caps`` limits entries per task (e.g. the paper's Table 2 counts).
+    Entries ``2k`` and ``2k+1`` share task and template and are each other's hard negatives (the order
+    ``train.batching: reference`` trains in; nothing is shuffled later). ``size`` must be even. Without
+    ``replacement`` a task leaves the rotation once its instances are used (or only instances of one output
+    are left); with it, its pool is reshuffled and reused. ``caps`` limits entries per task (e.g. the paper's
+    Table 2 counts, all even; an odd cap stops one entry short).
     """
     from tqdm.auto import tqdm
 
     if not pools:
         raise DataError("no task has data to build from. Fix: check data.tasks and the mirror (run.mirror).")
+    if size % 2:
+        raise DataError(f"data.size={size} is odd; entries come in pairs of mutual hard negatives. Fix: use an "
+                        f"even size such as {size + 1}.")
     samplers = [_TaskSampler(p, seed, replacement) for p in pools]
     counts: Counter[str] = Counter()
     entries: list[dict[str, Any]] = []
@@ -255,13 +285,15 @@ def build_entries(pools: list[TaskPool], size: int, seed: int, replacement: bool
             for s in list(active):
                 if len(entries) >= size:
                     break
-                i = None if caps and counts[s.pool.name] >= caps.get(s.pool.name, size) else s.next_index()
-                if i is None:
+                capped = caps and counts[s.pool.name] + 2 > caps.get(s.pool.name, size)
+                pair = None if capped else s.next_pair()
+                if pair is None:
                     active.remove(s)
                     continue
-                entries.append({"entry_id": len(entries), **s.entry(i)})
-                counts[s.pool.name] += 1
-                bar.update()
+                for e in s.pair_entries(*pair):
+                    entries.append({"entry_id": len(entries), **e})
+                counts[s.pool.name] += 2
+                bar.update(2)
     if len(entries) < size:
         log.warning("built %d of %d entries: every task is exhausted or capped (set data.replacement to reuse "
                     "instances)", len(entries), size)

@@ -4,7 +4,9 @@ An *entry* is one dataset row: the original (``prompt`` -> ``target``), its posi
 ``target``, a paraphrased instruction) and its hard negative (``neg_prompt`` -> ``neg_target``, the same
 instruction with another instance). The three always travel together, so a micro-batch of ``k`` entries is
 one padded tensor of ``k`` originals, then ``k`` positives, then (optionally) ``k`` negatives, which the model
-sees in a single forward pass.
+sees in a single forward pass. In the reference arrangement (``train.batching: reference``) the data comes in
+consecutive pairs of entries that are each other's hard negatives (:func:`check_mutual_pairs`), a micro-batch
+is one such pair, and no negative row is forwarded.
 """
 
 from __future__ import annotations
@@ -22,27 +24,46 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("task", "prompt", "target", "pos_prompt", "neg_prompt", "neg_target")
 IGNORE = -100
+TRUNCATION_RULES = ("right", "keep_target")
 
 
-def encode_pair(tokenizer, prompt: str, target: str, cutoff_len: int) -> tuple[list[int], list[int], bool]:
-    """Token ids and labels of ``train_text(prompt, target)`` + EOS; labels cover the target and EOS only.
-
-    Prompt and target are tokenised separately, so the label boundary is exact. Sequences longer than
-    ``cutoff_len`` keep the target (at most half the budget), the start of the prompt and its response
-    marker; the middle of the prompt is dropped. Returns ``(input_ids, labels, truncated)``.
-    """
+def _encode(tokenizer, prompt: str, target: str, cutoff_len: int, append_eos: bool,
+            truncation: str) -> tuple[list[int], list[int], bool, int]:
+    """:func:`encode_pair` plus the target's length in tokens before truncation."""
+    if truncation not in TRUNCATION_RULES:
+        raise ValueError(f"unknown truncation rule {truncation!r}. Fix: use one of {', '.join(TRUNCATION_RULES)}.")
     p_ids = tokenizer(train_prompt(prompt), add_special_tokens=True)["input_ids"]
-    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if append_eos:
+        t_ids = t_ids + [tokenizer.eos_token_id]
+    n_target = len(t_ids)
     truncated = len(p_ids) + len(t_ids) > cutoff_len
+    if truncated and truncation == "right":
+        ids, labels = p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids
+        return ids[:cutoff_len], labels[:cutoff_len], True, n_target
     if truncated:
         t_ids = t_ids[: max(1, cutoff_len // 2)]
         room = cutoff_len - len(t_ids)
         tail = min(len(tokenizer("\n\n### Response:\n", add_special_tokens=False)["input_ids"]), room // 2)
         p_ids = p_ids[: room - tail] + (p_ids[-tail:] if tail else [])
-    return p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids, truncated
+    return p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids, truncated, n_target
 
 
-def encode_entries(dataset, tokenizer, cutoff_len: int):
+def encode_pair(tokenizer, prompt: str, target: str, cutoff_len: int, append_eos: bool = False,
+                truncation: str = "right") -> tuple[list[int], list[int], bool]:
+    """Token ids and labels of ``train_text(prompt, target)`` (+ EOS when ``append_eos``); labels cover the target.
+
+    Prompt and target are tokenised separately, so the label boundary is exact. Without EOS (the reference
+    code's setting) the last token, whose hidden state is pooled, is the last output token. Sequences longer
+    than ``cutoff_len``: ``truncation="right"`` cuts from the right as the reference code does (the target may
+    lose tokens or vanish); ``"keep_target"`` keeps the target (at most half the budget), the start of the
+    prompt and its response marker and drops the middle of the prompt. Returns ``(input_ids, labels, truncated)``.
+    """
+    ids, labels, truncated, _ = _encode(tokenizer, prompt, target, cutoff_len, append_eos, truncation)
+    return ids, labels, truncated
+
+
+def encode_entries(dataset, tokenizer, cutoff_len: int, append_eos: bool = False, truncation: str = "right"):
     """Tokenise a contrastive dataset (columns of the data contract) into the columns the collator reads."""
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
@@ -54,9 +75,9 @@ def encode_entries(dataset, tokenizer, cutoff_len: int):
         raise ValueError("training data is empty. Fix: raise data.size or check data.tasks.")
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
-        o_ids, o_lab, t1 = encode_pair(tokenizer, row["prompt"], row["target"], cutoff_len)
-        p_ids, p_lab, t2 = encode_pair(tokenizer, row["pos_prompt"], row["target"], cutoff_len)
-        n_ids, _, t3 = encode_pair(tokenizer, row["neg_prompt"], row["neg_target"], cutoff_len)
+        o_ids, o_lab, t1, _ = _encode(tokenizer, row["prompt"], row["target"], cutoff_len, append_eos, truncation)
+        p_ids, p_lab, t2, _ = _encode(tokenizer, row["pos_prompt"], row["target"], cutoff_len, append_eos, truncation)
+        n_ids, _, t3, _ = _encode(tokenizer, row["neg_prompt"], row["neg_target"], cutoff_len, append_eos, truncation)
         return {"orig_ids": o_ids, "orig_labels": o_lab, "pos_ids": p_ids, "pos_labels": p_lab,
                 "neg_ids": n_ids, "truncated": bool(t1 or t2 or t3)}
 
@@ -65,8 +86,61 @@ def encode_entries(dataset, tokenizer, cutoff_len: int):
                           desc="tokenising entries")
     n_trunc = sum(encoded["truncated"])
     if n_trunc:
-        log.warning("%d of %d entries exceed cutoff_len=%d and were shortened", n_trunc, len(encoded), cutoff_len)
+        log.warning("%d of %d entries exceed cutoff_len=%d and were shortened (truncation=%s)", n_trunc,
+                    len(encoded), cutoff_len, truncation)
     return encoded
+
+
+def truncation_report(dataset, tokenizer, cutoff_len: int, append_eos: bool = False) -> list[dict[str, Any]]:
+    """What each truncation rule changes in ``dataset``: one row per rule in :data:`TRUNCATION_RULES`.
+
+    Columns: ``entries``; ``entries_changed`` (any of the entry's three sequences is longer than ``cutoff_len``;
+    the same entries for both rules); ``sequences_changed``; ``targets_shortened`` (labelled sequences, original
+    or positive, that lost output tokens); ``targets_lost`` (labelled sequences left with no output token, which
+    then contribute no generation loss).
+    """
+    rows = []
+    for rule in TRUNCATION_RULES:
+        changed = seqs = shortened = lost = 0
+        for e in dataset:
+            any_cut = False
+            for prompt, target, labelled in ((e["prompt"], e["target"], True), (e["pos_prompt"], e["target"], True),
+                                             (e["neg_prompt"], e["neg_target"], False)):
+                _, labels, cut, n_target = _encode(tokenizer, prompt, target, cutoff_len, append_eos, rule)
+                any_cut |= cut
+                seqs += cut
+                if labelled:
+                    kept = sum(lab != IGNORE for lab in labels)
+                    shortened += kept < n_target
+                    lost += kept == 0 < n_target
+            changed += any_cut
+        rows.append({"rule": rule, "cutoff_len": cutoff_len, "entries": len(dataset), "entries_changed": changed,
+                     "sequences_changed": seqs, "targets_shortened": shortened, "targets_lost": lost})
+    return rows
+
+
+def check_mutual_pairs(dataset) -> None:
+    """Raise ``ValueError`` unless entries ``2k`` and ``2k+1`` are each other's hard negatives, for every ``k``.
+
+    Mutual hard negatives: same task, and each entry's negative is the other's original (same instruction,
+    other instance, other output). This is the order ``train.batching: reference`` trains in.
+    """
+    cols = {c: dataset[c] for c in ("task", "prompt", "target", "neg_prompt", "neg_target")}
+    n = len(cols["task"])
+    fix = ("Fix: build the data with coinlib.data.pairs (it emits such pairs; delete a data folder built by an "
+           "older version so it is rebuilt), keep its order, or use train.batching: paired or in_batch.")
+    if n % 2:
+        raise ValueError(f"train.batching=reference needs entries in pairs of mutual hard negatives; the data has "
+                         f"an odd number of entries ({n}). {fix}")
+    for a in range(0, n, 2):
+        b = a + 1
+        ok = (cols["task"][a] == cols["task"][b] and cols["target"][a] != cols["target"][b]
+              and cols["neg_prompt"][a] == cols["prompt"][b] and cols["neg_target"][a] == cols["target"][b]
+              and cols["neg_prompt"][b] == cols["prompt"][a] and cols["neg_target"][b] == cols["target"][a])
+        if not ok:
+            raise ValueError(f"train.batching=reference needs entries 2k and 2k+1 to be each other's hard negatives "
+                             f"(same task and instruction, other instance and output); entries {a} and {b} are not. "
+                             + fix)
 
 
 def micro_batch_order(tasks: Sequence[str], micro: int, seed: int, epoch: int = 0, shuffle: bool = True,

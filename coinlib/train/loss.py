@@ -1,13 +1,17 @@
-"""The COIN objective: InfoNCE over last-token hidden states plus the capped contrastive weight.
+"""The COIN objective: InfoNCE over last-token hidden states plus the contrastive weight of the reference code.
 
     L_ctr = 1/2 [InfoNCE(h, h+ | h-) + InfoNCE(h+, h | h-)]
     InfoNCE(a, p | n)_i = -log  exp(cos(a_i, p_i)/tau) / (exp(cos(a_i, p_i)/tau) + sum_j exp(cos(a_i, n_ij)/tau))
-    w = min(lambda, detach(L_ent / L_ctr))
+    w = lambda                                        if lambda * L_ctr <= L_ent
+    w = lambda * min(lambda, detach(L_ent / (lambda * L_ctr)))   otherwise
     L = L_ent + w * L_ctr
 
-The paper prints ``max`` in the weight, but calls lambda an upper bound and its reference code caps the
-weight: the contrastive term is rescaled to the size of the generation loss and never weighted above lambda,
-so a large lambda cannot let the contrastive term swamp generation (which hurts the model's outputs, paper 5.3).
+This is exactly what the reference code (luka-group/CoIN, ``ContrastiveLlama.scale_contrastive_loss``) does:
+it multiplies L_ctr by lambda and rescales the product to the generation loss only when it exceeds it. For
+lambda >= 1 that equals ``w = min(lambda, detach(L_ent / L_ctr))``: the contrastive term is scaled to the
+generation loss's size and never weighted above lambda (the paper prints ``max`` but calls lambda an upper
+bound). For lambda < 1 the reference differs from that cap and we reproduce it: when ``lambda * L_ctr >
+L_ent`` the weight is ``min(lambda**2, L_ent / L_ctr)``.
 """
 
 from __future__ import annotations
@@ -75,17 +79,20 @@ def symmetric_info_nce(original: torch.Tensor, positive: torch.Tensor, temperatu
 
 
 def contrastive_weight(ce: torch.Tensor, ctr: torch.Tensor, lam: float) -> torch.Tensor:
-    """The capped weight ``w = min(lambda, detach(L_ent / L_ctr))`` as a detached scalar tensor.
+    """The reference code's contrastive weight ``w`` (module docstring) as a detached scalar tensor.
 
-    The ratio rescales the contrastive term to the generation loss's magnitude; the cap ``lambda`` bounds
-    it (paper 3.3; the printed ``max`` contradicts the text and the reference code). ``L_ctr == 0`` gives
-    ``lambda`` (the limit of the ratio); a non-finite ``L_ctr`` gives 0, so the term is dropped for the step.
+    ``c = lambda * L_ctr``; if ``c > L_ent`` (and ``c != 0``) then ``w = lambda * min(lambda, L_ent / c)``, else
+    ``w = lambda``. For lambda >= 1 this is ``min(lambda, L_ent / L_ctr)``; for lambda < 1 it is reproduced as
+    is (``min(lambda**2, L_ent / L_ctr)`` when the product exceeds L_ent). ``L_ctr == 0`` gives ``lambda``; a
+    non-finite ``L_ctr`` gives 0, so the term is dropped for the step.
     """
     ce = ce.detach().float()
     ctr = ctr.detach().float()
     lam_t = torch.full_like(ctr, float(lam))
-    ratio = torch.where(ctr > 0, ce / torch.where(ctr > 0, ctr, torch.ones_like(ctr)), lam_t)
-    w = torch.minimum(lam_t, ratio)
+    scaled = lam_t * ctr
+    rescale = (scaled != 0) & (scaled > ce)
+    factor = torch.minimum(lam_t, ce / torch.where(rescale, scaled, torch.ones_like(scaled)))
+    w = torch.where(rescale, lam_t * factor, lam_t)
     return torch.where(torch.isfinite(ctr) & torch.isfinite(w), w, torch.zeros_like(w))
 
 

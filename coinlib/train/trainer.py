@@ -4,12 +4,15 @@
     train_on(P, dataset, model)   # any contrastive dataset / preloaded model (tests, notebooks)
     python -m coinlib.train params/X.yaml            # command line; `torchrun --nproc-per-node N -m ...` for DDP
 
-Per micro-batch of ``k`` entries the model runs once over originals, positives and hard negatives.
-L_ent = token-mean CE on the output tokens of the originals + the same for the positives (the reference code
-sums the two); L_ctr = symmetric InfoNCE over last-token final-layer hidden states; L = L_ent + w * L_ctr with
-w = min(lambda, detach(L_ent / L_ctr)). ``train.contrastive: false`` is the CIT baseline (L_ent only, no
-negatives forwarded). Outputs (``P.run_dir``): ``adapter/`` (safetensors), ``params.yaml``, ``train_log.csv``,
-``checkpoints/`` (rerunning resumes from the last one), ``tensorboard/``.
+Per micro-batch of ``k`` entries the model runs once over originals and positives (and, in the ``paired`` and
+``in_batch`` modes, each entry's hard negative). ``train.batching: reference`` (the default, as the reference
+code) runs micro-batches of 2 entries that are each other's hard negatives, in data order: the InfoNCE
+candidates are that micro-batch's rows. L_ent = token-mean CE on the output tokens of the originals + the same
+for the positives (the reference code sums the two); L_ctr = symmetric InfoNCE over last-token final-layer
+hidden states; L = L_ent + w * L_ctr with the reference code's weight (:func:`coinlib.train.loss.contrastive_weight`).
+``train.contrastive: false`` is the CIT baseline (L_ent only, no negatives forwarded). Outputs (``P.run_dir``):
+``adapter/`` (safetensors), ``params.yaml``, ``train_log.csv``, ``checkpoints/`` (rerunning resumes from the last
+one), ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
 from coinlib.core.models import load_model
 from coinlib.core.params import Params, TrainParams
-from coinlib.train.batching import IGNORE, PairCollator, PairSampler, encode_entries
+from coinlib.train.batching import IGNORE, PairCollator, PairSampler, check_mutual_pairs, encode_entries
 from coinlib.train.lora import attach_lora
 from coinlib.train.loss import coin_loss, gather_embeddings, symmetric_info_nce
 from coinlib.train.pooling import last_token_pool
@@ -47,11 +50,27 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled (output) tokens of all rows."""
+    """Mean next-token cross-entropy over the labelled (output) tokens of all rows.
+
+    Rows whose output was cut away entirely (``train.truncation: right``) have no labelled token; when no row has
+    one the result is 0 (connected to the graph) rather than the NaN of an empty mean.
+    """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
+    if not bool((shift_labels != IGNORE).any()):
+        return shift_logits.sum() * 0.0
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                            ignore_index=IGNORE)
+
+
+def uses_row_negatives(t: TrainParams) -> bool:
+    """Whether each entry's hard negative is forwarded as an extra row (``paired``/``in_batch`` with row_negatives)."""
+    return t.contrastive and t.row_negatives and t.batching != "reference"
+
+
+def shuffles(t: TrainParams) -> bool:
+    """Whether micro-batches are shuffled: ``train.shuffle``, else never for reference and always otherwise."""
+    return (t.batching != "reference") if t.shuffle is None else t.shuffle
 
 
 class CoinTrainer(Trainer):
@@ -68,12 +87,12 @@ class CoinTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         c = self.coin
-        return PairSampler(ds["task"], c.micro_batch_pairs, self.args.seed, c.shuffle,
+        return PairSampler(ds["task"], c.micro_batch_pairs, self.args.seed, shuffles(c),
                            c.group_by_task and c.batching == "in_batch")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         c = self.coin
-        groups = 3 if c.contrastive and c.row_negatives else 2
+        groups = 3 if uses_row_negatives(c) else 2
         mask = inputs["attention_mask"]
         k = mask.shape[0] // groups
         out = model(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=c.contrastive,
@@ -111,6 +130,8 @@ class CoinTrainer(Trainer):
                 cos["cos_neg"] = sim[off].mean().item()
         if c.batching == "paired" and neg is not None:
             return symmetric_info_nce(orig, pos, c.temperature, neg[:, None, :], in_batch=False), cos
+        if c.batching == "reference":  # candidates: this micro-batch's rows, both directions (no gather)
+            return symmetric_info_nce(orig, pos, c.temperature, in_batch=True), cos
         if c.gather_across_processes:
             all_orig, offset = gather_embeddings(orig)
             all_pos, _ = gather_embeddings(pos)
@@ -149,6 +170,15 @@ def training_arguments(P: Params, world_size: int | None = None) -> TrainingArgu
             f"train.batch_size={t.batch_size} is not a multiple of micro_batch_pairs x processes = {per_step}. "
             "Fix: choose a batch_size divisible by it."
         )
+    if t.batching == "reference" and t.micro_batch_pairs != 2:
+        raise ValueError(
+            f"train.batching=reference runs micro-batches of exactly 2 entries (a pair of mutual hard negatives), as "
+            f"the reference code; got micro_batch_pairs={t.micro_batch_pairs}. Fix: set train.micro_batch_pairs: 2, "
+            "or use train.batching: in_batch for larger candidate pools.")
+    if t.batching == "reference" and t.shuffle:
+        raise ValueError("train.batching=reference keeps the data order (pairs of mutual hard negatives, as the "
+                         "reference code); train.shuffle=true would break the pairs. Fix: leave train.shuffle unset "
+                         "(null), or use train.batching: paired or in_batch.")
     if t.batching == "paired" and not t.row_negatives and t.micro_batch_pairs < 2:
         raise ValueError("train.row_negatives=false needs micro_batch_pairs >= 2 (the other entries are the negatives)")
     if "wandb" in t.report_to:
@@ -183,7 +213,12 @@ def _tensorboard_callbacks(P: Params) -> list[TrainerCallback]:
 
 
 def prepare_model(P: Params, model=None, tokenizer=None):
-    """Base model (loaded from ``P.model`` unless given) with a trainable LoRA adapter (new or continued)."""
+    """Base model (loaded from ``P.model`` unless given) with a trainable LoRA adapter (new or continued).
+
+    Seeds every generator with ``run.seed`` first, so the same parameters give a bitwise-identical new adapter
+    on the same machine.
+    """
+    set_seed(P.run.seed)
     if model is None:
         model, tokenizer = load_model(P.model)
     elif tokenizer is None:
@@ -199,11 +234,13 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
     """Train on ``dataset`` (data-contract columns) and save the adapter; resumes from the last checkpoint."""
     model, tokenizer = prepare_model(P, model, tokenizer)
     t = P.train
-    encoded = encode_entries(dataset, tokenizer, t.cutoff_len)
     args = training_arguments(P)
+    if t.batching == "reference":
+        check_mutual_pairs(dataset)
+    encoded = encode_entries(dataset, tokenizer, t.cutoff_len, t.append_eos, t.truncation)
     trainer = CoinTrainer(
         model=model, args=args, train_dataset=encoded, processing_class=tokenizer,
-        data_collator=PairCollator(tokenizer, negatives=t.contrastive and t.row_negatives),
+        data_collator=PairCollator(tokenizer, negatives=uses_row_negatives(t)),
         callbacks=_tensorboard_callbacks(P) + list(callbacks or []), coin=t,
     )
     ckpt_dir = Path(args.output_dir)
