@@ -137,25 +137,27 @@ def test_rank_equals_separate_scoring(tiny_model, smol_tokenizer, fmt):
         assert [scores[lab] for lab in labels] == pytest.approx(expected, abs=2e-3)
         assert result.prediction == labels[max(range(3), key=expected.__getitem__)]
         n_tokens = {lab: len(smol_tokenizer(label_continuation(lab, fmt), add_special_tokens=False)["input_ids"])
-                    + (fmt == "train") for lab in labels}  # train: + the EOS training appends
+                    for lab in labels}
         assert json.loads(result.label_tokens) == n_tokens
 
 
+@pytest.mark.parametrize("append_eos", [False, True])
 @pytest.mark.parametrize("labels", [("negative", "positive"), ("entailment", "not_entailment"),
                                     ("entailment", "neutral", "contradiction")])
-def test_train_format_scores_exactly_the_tokens_training_teaches(smol_tokenizer, labels):
+def test_train_format_scores_exactly_the_tokens_training_teaches(smol_tokenizer, labels, append_eos):
     """The rank-scored sequence (shared prefix + suffix + label tokens) of the train format is the training sequence
     token for token, and the scored label tokens are exactly the tokens training computes its loss on."""
     texts = [format_input(INSTRUCTION, c, "train") for c in CONTENTS]
     enc = encode(smol_tokenizer, texts, "train")
-    scored = label_token_ids(smol_tokenizer, labels, "train")
+    scored = label_token_ids(smol_tokenizer, labels, "train", append_eos)
     for content, suffix in zip(CONTENTS, enc.suffixes):
         for label, cont in zip(labels, scored):
-            ids, targets, truncated = encode_pair(smol_tokenizer, INSTRUCTION + content, label, cutoff_len=4096)
+            ids, targets, truncated = encode_pair(smol_tokenizer, INSTRUCTION + content, label, cutoff_len=4096,
+                                                  append_eos=append_eos)
             assert not truncated
             assert enc.prefix + suffix + cont == ids
             assert cont == [t for t in targets if t != IGNORE]
-            assert cont[-1] == smol_tokenizer.eos_token_id
+            assert (cont[-1] == smol_tokenizer.eos_token_id) == append_eos
 
 
 def test_paper_format_scores_the_next_word_after_the_colon(smol_tokenizer):
@@ -164,8 +166,10 @@ def test_paper_format_scores_the_next_word_after_the_colon(smol_tokenizer):
     paper = label_token_ids(smol_tokenizer, ("positive",), "paper")[0]
     train = label_token_ids(smol_tokenizer, ("positive",), "train")[0]
     assert smol_tokenizer.convert_ids_to_tokens(paper) == ["\u0120positive"]  # "Ġ": the leading space
-    assert smol_tokenizer.convert_ids_to_tokens(train) == ["positive", smol_tokenizer.eos_token]
-    assert label_token_ids(smol_tokenizer, ("positive",), "chat")[0] == train[:-1]
+    assert smol_tokenizer.convert_ids_to_tokens(train) == ["positive"]
+    assert label_token_ids(smol_tokenizer, ("positive",), "train", append_eos=True)[0] == train + [
+        smol_tokenizer.eos_token_id]
+    assert label_token_ids(smol_tokenizer, ("positive",), "chat")[0] == train
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ PREDICTION_COLUMNS = [
 BASE_LABEL = "base"
 #: Version of what a cached unit holds and how it was scored, part of :func:`settings_key`: bumped when either
 #: changes, so older units are evaluated afresh rather than misread. 2: ``label_tokens`` column; ``train``-format
-#: rank scoring scores the EOS training appends.
+#: rank scoring scores exactly the target training teaches (its EOS only with ``train.append_eos``).
 CACHE_FORMAT = 2
 
 
@@ -132,7 +132,8 @@ def settings_key(P: "Params") -> str:
     e, m = P.evaluate, P.model
     fields = dict(cache_format=CACHE_FORMAT, model=m.name, revision=m.revision, dtype=m.dtype,
                   load_in_4bit=m.load_in_4bit, n=e.n_per_task,
-                  fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens)
+                  fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens,
+                  append_eos=P.train.append_eos if e.input_format == "train" else None)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -198,7 +199,8 @@ def _evaluate_units(P, units, specs, data, cache, rank, scorer) -> None:
                 frame, instruction = data[u.task], u.instruction
                 scored = scorer(model, tokenizer, instruction, frame["content"].tolist(), get_task(u.task).labels,
                                 fmt=e.input_format, mode=e.scoring, batch_size=e.batch_size,
-                                max_new_tokens=e.max_new_tokens, early_stop=e.early_stop, progress=bar.update)
+                                max_new_tokens=e.max_new_tokens, early_stop=e.early_stop, progress=bar.update,
+                                append_eos=P.train.append_eos)
                 _write_unit(u, by_model[label], instruction, frame, scored, cache)
 
 

@@ -57,17 +57,18 @@ def label_continuation(label: str, fmt: InputFormat) -> str:
     return f" {label}" if fmt == "paper" else label
 
 
-def label_token_ids(tokenizer, labels: Sequence[str], fmt: InputFormat) -> list[list[int]]:
+def label_token_ids(tokenizer, labels: Sequence[str], fmt: InputFormat, append_eos: bool = False) -> list[list[int]]:
     """Token ids scored for each label in ``rank`` mode, tokenised apart from the input as training does.
 
     ``train`` scores exactly the target tokens training teaches (:func:`coinlib.train.batching.encode_pair`): the
-    label tokens and the EOS training appends, so a label's score is the likelihood of the whole answer, not of a
-    prefix of a longer one. ``paper`` and ``chat`` score the label's tokens only.
+    label tokens, plus the EOS when training appends one (``train.append_eos``; then a label's score is the
+    likelihood of the whole answer, not of a prefix of a longer one). ``paper`` and ``chat`` score the label's
+    tokens only.
     """
     ids = [tokenizer(label_continuation(lab, fmt), add_special_tokens=False)["input_ids"] for lab in labels]
-    if fmt == "train":
+    if fmt == "train" and append_eos:
         if tokenizer.eos_token_id is None:
-            raise ValueError("input_format 'train' scores the EOS training appends, but the tokenizer has no EOS token")
+            raise ValueError("input_format 'train' with train.append_eos scores an EOS, but the tokenizer has none")
         ids = [row + [tokenizer.eos_token_id] for row in ids]
     return ids
 
@@ -260,16 +261,17 @@ class Scored:
 def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str], labels: Sequence[str],
                       fmt: InputFormat = "paper", mode: Literal["generate", "rank"] = "generate",
                       batch_size: int = 16, max_new_tokens: int = 7, early_stop: bool = True,
-                      progress=None) -> list[Scored]:
+                      progress=None, append_eos: bool = False) -> list[Scored]:
     """Score every content under one instruction; results are in the order of ``contents``.
 
-    ``progress`` (optional) is called with the number of instances finished after each batch.
+    ``progress`` (optional) is called with the number of instances finished after each batch; ``append_eos``: rank
+    scoring in the ``train`` format also scores the EOS (as training with ``train.append_eos`` teaches it).
     """
     texts = [format_input(instruction, c, fmt, tokenizer) for c in contents]
     enc = encode(tokenizer, texts, fmt)
     cache = _prefix_cache(model, enc.prefix, _device(model))
     results: list[Scored | None] = [None] * len(texts)
-    conts = label_token_ids(tokenizer, labels, fmt)
+    conts = label_token_ids(tokenizer, labels, fmt, append_eos)
     n_tokens = json.dumps({lab: len(c) for lab, c in zip(labels, conts)})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for batch in length_sorted_batches([len(s) for s in enc.suffixes], batch_size):
