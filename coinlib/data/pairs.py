@@ -381,7 +381,12 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     report.update(data_key(P))
     (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same build in between: its bytes are the same
+        if not (out / "dataset").is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(out / "dataset"))
 
 
