@@ -350,6 +350,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     import datasets
 
     _check_holdout(P)
+    key = data_key(P)  # before reading: a file changed during the build then fails the next check
     mirror = P.run.mirror
     pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
     caps = {p.name: p.adapter.paper_count for p in pools.pools} if P.data.task_caps == "table2" else None
@@ -378,7 +379,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
         "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
         "prompt_sets_checked": prompt_sets,
     }
-    report.update(data_key(P))
+    report.update(key)
     (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     try:
