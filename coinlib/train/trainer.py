@@ -253,8 +253,8 @@ def last_complete_checkpoint(folder: Path, move_aside: bool = True) -> str | Non
     while saving) are renamed to ``incomplete-checkpoint-N`` (outside the Trainer's ``checkpoint-*`` rotation)."""
     if not folder.is_dir():
         return None
-    found = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    found = sorted((int(p.name[len("checkpoint-"):]), p) for p in folder.glob("checkpoint-*")
+                   if p.is_dir() and p.name[len("checkpoint-"):].isdigit())
     for _, path in reversed(found):
         if _complete(path):
             return str(path)
