@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,12 +89,62 @@ def resolve_model(name: str, revision: str | None = None) -> tuple[str, str | No
     return name, None, revision
 
 
+_REACHABLE: set[tuple[str, str | None]] = set()
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def check_hub_model(repo_id: str, revision: str | None = None) -> None:
+    """Fail fast for a hub model that cannot be had: fine when cached locally; else :class:`ModelUnavailable` at
+    once when offline, or after ONE request without retries (the libraries would retry each file for about a
+    minute) when the Hub does not answer or does not know the model."""
+    if (repo_id, revision) in _REACHABLE:
+        return
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    fix = "Fix: check the name, or use a local folder / .gguf file when the Hugging Face Hub is unreachable."
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str):
+        _REACHABLE.add((repo_id, revision))
+        return
+    if hub_offline():
+        raise ModelUnavailable(f"cannot load model {repo_id!r}: it is not in the local Hugging Face cache and "
+                               f"HF_HUB_OFFLINE is set. {fix}")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json", revision=revision), timeout=10)
+    except EntryNotFoundError:  # the repository answers but has no config.json: let transformers decide
+        pass
+    except Exception as exc:  # noqa: BLE001 (connection, timeout, unknown repository or revision, gated)
+        raise ModelUnavailable(f"cannot load model {repo_id!r} ({type(exc).__name__}: {exc}). {fix}") from exc
+    _REACHABLE.add((repo_id, revision))
+
+
+def _resolve_reachable(name: str, revision: str | None) -> tuple[str, str | None, str | None]:
+    """:func:`resolve_model`, then :func:`check_hub_model` when the result is a hub id."""
+    path, gguf, rev = resolve_model(name, revision)
+    if gguf is None and not Path(path).is_dir():
+        check_hub_model(path, rev)
+    return path, gguf, rev
+
+
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """Tokenizer of a model; a pad token is set (to EOS) when the model has none."""
     from transformers import AutoTokenizer
 
-    path, gguf, rev = resolve_model(name, revision)
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf, revision=rev, trust_remote_code=trust_remote_code)
+    path, gguf, rev = _resolve_reachable(name, revision)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf, revision=rev, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelUnavailable(
+            f"cannot load the tokenizer of model {name!r} ({exc}). Fix: check the name, or use a local folder / "
+            ".gguf file when the Hugging Face Hub is unreachable."
+        ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -106,7 +157,7 @@ def load_model(params: "ModelParams", device: str | torch.device | None = None):
     """
     from transformers import AutoModelForCausalLM
 
-    path, gguf, rev = resolve_model(params.name, params.revision)
+    path, gguf, rev = _resolve_reachable(params.name, params.revision)
     tokenizer = load_tokenizer(params.name, params.revision, params.trust_remote_code)
     kwargs: dict = dict(dtype=DTYPES[params.dtype], trust_remote_code=params.trust_remote_code, revision=rev)
     if gguf:

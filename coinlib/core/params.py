@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.sources import REPO_ROOT, source_key
 
 PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
@@ -191,8 +191,9 @@ class Params(_Section):
 
     @property
     def data_dir(self) -> Path:
-        """Built data is shared by runs with the same data section, seed and mirror (CIT and COIN runs)."""
-        key = json.dumps([self.data.model_dump(), self.run.seed], sort_keys=True)
+        """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs); the
+        digest of the files read and the data format version are checked on load (``coinlib.data.pairs``)."""
+        key = json.dumps([self.data.model_dump(), self.run.seed, source_key(self.run.mirror)], sort_keys=True)
         return _repo_path(self.run.output_root) / "data" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
@@ -217,8 +218,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ParamsError(f"{path}:{where}: YAML syntax error: {problem}. Fix the file's syntax.") from exc
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise ParamsError(
+            f"{path}: the parameter file is empty. Fix: give at least `run: {{name: ...}}` (the settings not given "
+            f"come from `base`, default {DEFAULT_BASE}), or pass params/{DEFAULT_BASE} itself for the smoke run."
+        )
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
     return data

@@ -16,13 +16,16 @@ Any other value is a path to a user file, JSON (``.json``) or YAML (``.yaml``/``
     checklist:
       sst2: ["..."]
 
-MNLI-matched and -mismatched use MNLI's instructions unless the set lists them itself.
+MNLI-matched and -mismatched use MNLI's instructions unless the set lists them itself. Instructions are sent as
+written and the instance's content is placed after them by ``evaluate.input_format``; a ``{name}`` placeholder
+(PromptBench's ``{content}`` included) would never be filled, so a set containing one is rejected.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import yaml
 from coinlib.core.sources import load_json_artifact
 
 PromptSet = dict[str, dict[str, list[str]]]
+PLACEHOLDER = re.compile(r"{\w*}")
 
 NAMED_SETS = ("coin_eval_prompts", "promptbench_prompts")
 #: Tasks that reuse another task's instructions when the set has none of their own.
@@ -111,6 +115,15 @@ def _validate(raw: dict[str, Any], where: str) -> PromptSet:
             ok = isinstance(instructions, list) and instructions and all(isinstance(s, str) and s for s in instructions)
             if not ok:
                 problems.append(f"{group}.{task} must be a non-empty list of non-empty strings")
+                continue
+            for i, text in enumerate(instructions):
+                names = PLACEHOLDER.findall(text)
+                if names:
+                    problems.append(
+                        f"group {group!r}, task {task!r}, instruction {i} {text!r} contains the placeholder(s) "
+                        f"{', '.join(names)}, which are never filled (the content follows the instruction as "
+                        "evaluate.input_format says). Fix: remove them and any text meant to surround the content, "
+                        "e.g. 'Question:{content}' or 'Answer:'")
     if not raw:
         problems.append("no groups")
     if problems:

@@ -16,6 +16,7 @@ The mirror root is chosen by :func:`resolve_mirror`: an explicit value, else ``$
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,10 @@ SIBLING_MIRROR = REPO_ROOT.parent / "shared" / "data"
 
 class SourceUnavailable(RuntimeError):
     """Neither the local mirror nor the online origin could provide an artifact."""
+
+
+class CorruptFileError(ValueError):
+    """A local data file cannot be parsed; the message names the file, the line and the fix."""
 
 
 def cache_dir(*parts: str) -> Path:
@@ -164,6 +169,18 @@ def resolve_mirror(mirror: str | os.PathLike | None = "auto") -> Path | None:
     return path
 
 
+def source_key(mirror: str | os.PathLike | None = "auto") -> str:
+    """Where data is read from: ``mirror:<resolved root>``, or ``hub:<digest of every pinned revision>``."""
+    try:
+        root = resolve_mirror(mirror)
+    except SourceUnavailable:
+        return f"mirror:{mirror}"
+    if root is not None:
+        return f"mirror:{root.resolve()}"
+    pins = {**{k: d.revision for k, d in DATASETS.items()}, **{k: a.origin.commit for k, a in JSON_ARTIFACTS.items()}}
+    return "hub:" + hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
@@ -204,9 +221,26 @@ def load_split(dataset: str, config: str | None, split: str, mirror: str | os.Pa
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """Rows of a JSON-lines file; a line that is not a JSON object raises :class:`CorruptFileError` naming it."""
+    rows = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CorruptFileError(_corrupt_message(path, f"line {number} is not valid JSON ({exc})")) from None
+            if not isinstance(row, dict):
+                raise CorruptFileError(_corrupt_message(path, f"line {number} is not a JSON object"))
+            rows.append(row)
+    return rows
+
+
+def _corrupt_message(path: str | os.PathLike, problem: str,
+                     online: str = "the Hugging Face Hub (offline, a training task without it is skipped)") -> str:
+    return (f"{path}: {problem}; the file is damaged (e.g. a copy that was cut short). Fix: copy the file again "
+            f"from its source, or delete it so it is loaded from {online}.")
 
 
 # --------------------------------------------------------------------------------------------- json artifacts
@@ -221,7 +255,12 @@ def load_json_artifact(name: str, mirror: str | os.PathLike | None = "auto") -> 
     art = JSON_ARTIFACTS[name]
     root = resolve_mirror(mirror)
     if root is not None and (root / art.mirror_path).is_file():
-        return json.loads((root / art.mirror_path).read_text(encoding="utf-8"))
+        path = root / art.mirror_path
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptFileError(_corrupt_message(path, f"not valid JSON ({exc})",
+                                                   f"its pinned origin {art.origin.describe()}")) from None
     missing = f"no mirror file at {root / art.mirror_path}" if root else "no mirror root configured"
     try:
         text = fetch_text(art.origin)

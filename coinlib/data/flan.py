@@ -257,7 +257,8 @@ class TaskAdapter:
 
 
 def usable_templates(adapter: TaskAdapter, flan: FlanTemplates) -> tuple[list[Template], list[Exclusion]]:
-    """Templates whose target is the answer and whose fields the adapter provides; the rest with reasons."""
+    """Templates whose target is the answer, whose input uses an input field of the instance, and whose fields the
+    adapter provides; the rest with reasons."""
     answers = {f"{{{a}}}" for a in (ANSWER_FIELD, *adapter.answer_aliases)}
     keep: list[Template] = []
     dropped: list[Exclusion] = []
@@ -269,6 +270,11 @@ def usable_templates(adapter: TaskAdapter, flan: FlanTemplates) -> tuple[list[Te
             dropped.append(Exclusion(
                 adapter.name, t.template_id,
                 f"needs {', '.join('{' + m + '}' for m in missing)}, which {adapter.dataset} rows do not provide"))
+        elif not set(placeholders(t.input)) & set(adapter.fields):
+            dropped.append(Exclusion(
+                adapter.name, t.template_id,
+                f"input uses none of the instance's fields ({', '.join('{' + f + '}' for f in adapter.fields)}), so "
+                "an original and its hard negative would be the same text with different answers"))
         else:
             keep.append(t)
     return keep, dropped

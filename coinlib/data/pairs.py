@@ -9,7 +9,8 @@ template, other instance and output). Every row records task, template ids and i
 can be traced to its source rows. All choices come from per-task generators seeded by ``(seed, task index)``.
 
 :func:`load_or_build` is the entry point: it builds ``P.data_dir`` (dataset, JSONL, Table-2-style counts,
-build report) once, atomically, and loads it afterwards.
+build report) once, atomically, and loads it afterwards while the build report's source, digest of the files
+read (:func:`data_key`) and :data:`DATA_FORMAT_VERSION` still match; otherwise it builds again.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
 from coinlib.core.sampling import EVAL_SAMPLE_SEED, EVAL_SPLITS, sample_indices
-from coinlib.core.sources import DATASETS, SourceUnavailable, load_split, read_jsonl, resolve_mirror
+from coinlib.core.sources import (
+    DATASETS,
+    JSON_ARTIFACTS,
+    SourceUnavailable,
+    load_split,
+    read_jsonl,
+    resolve_mirror,
+    source_key,
+)
 from coinlib.data.augment import add_perturbed_positives
 from coinlib.data.flan import (
     ADAPTERS,
@@ -55,6 +65,8 @@ ALIASES: dict[str, list[str]] = {
     "mrpc": ["glue_mrpc"], "qqp": ["glue_qqp"], "paws": ["paws_wiki"], "imdb": ["imdb_reviews"],
     "yelp": ["yelp_polarity_reviews"], "boolq": ["bool_q"], "ag_news": ["ag_news_subset"],
 }
+#: Bumped whenever the data-building code changes what it writes; built data of another version is rebuilt.
+DATA_FORMAT_VERSION = 2
 COLUMNS = ["entry_id", "task", "category", "template_id", "pos_template_id", "instance_id", "neg_instance_id",
            "prompt", "target", "pos_prompt", "neg_prompt", "neg_target", "options"]
 
@@ -370,6 +382,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     import datasets
 
     _check_holdout(P)
+    key = data_key(P)  # before reading: a file changed during the build then fails the next check
     mirror = P.run.mirror
     pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
     caps = {p.name: p.adapter.paper_count for p in pools.pools} if P.data.task_caps == "table2" else None
@@ -398,9 +411,15 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
         "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
         "prompt_sets_checked": prompt_sets,
     }
+    report.update(key)
     (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same build in between: its bytes are the same
+        if not (out / "dataset").is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(out / "dataset"))
 
 
@@ -414,5 +433,50 @@ def load_or_build(P: "Params", progress: bool = True) -> "datasets.Dataset":
 
     _check_holdout(P)
     if (P.data_dir / "dataset").is_dir():
-        return datasets.load_from_disk(str(P.data_dir / "dataset"))
+        stale = _stale(P)
+        if not stale:
+            return datasets.load_from_disk(str(P.data_dir / "dataset"))
+        log.warning("rebuilding %s: %s", P.data_dir, stale)
     return build(P, progress)
+
+
+def source_files(P: "Params") -> list[Path]:
+    """The local files a build of ``P`` reads (mirror data of every requested task, templates, prompt sets)."""
+    root = resolve_mirror(P.run.mirror)
+    files: list[Path] = []
+    if root is not None:
+        for name in resolve_tasks(P.data.tasks):
+            a = ADAPTERS[name]
+            files += [DATASETS[a.dataset].mirror_path(root, c, sp) for c, sp in a.mirror_files()]
+        files.append(root / JSON_ARTIFACTS["flan_templates"].mirror_path)
+    for name in dict.fromkeys([*P.data.eval_prompt_sets, P.evaluate.prompt_set]):
+        if name in JSON_ARTIFACTS:
+            files += [root / JSON_ARTIFACTS[name].mirror_path] if root is not None else []
+        else:
+            files.append(Path(name))
+    return [f for f in files if f.is_file()]
+
+
+def data_key(P: "Params") -> dict[str, Any]:
+    """What built data depends on beyond the parameters: source, digest of the files read, format version."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in source_files(P):
+        h.update(str(f).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return {"source": source_key(P.run.mirror), "source_digest": h.hexdigest()[:16],
+            "format_version": DATA_FORMAT_VERSION}
+
+
+def _stale(P: "Params") -> str:
+    """Why the data in ``P.data_dir`` cannot be reused ('' when it can)."""
+    try:
+        report = json.loads((P.data_dir / "build_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its build_report.json is missing or unreadable"
+    now = data_key(P)
+    changed = [f"{k} {report.get(k)!r} -> {v!r}" for k, v in now.items() if report.get(k) != v]
+    return "built from other inputs: " + "; ".join(changed) if changed else ""

@@ -166,7 +166,7 @@ def run_evaluation(P: "Params", rank: int | None = None, world_size: int | None 
     e = P.evaluate
     specs, units, cache = _plan(P)
     data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
-    mine = [u for u in shard(units, rank, world_size) if not u.path(cache).is_file()]
+    mine = [u for u in shard(units, rank, world_size) if read_unit(u.path(cache)) is None]
     if mine:
         _evaluate_units(P, mine, specs, data, cache, rank, scorer)
     if world_size > 1:
@@ -234,6 +234,27 @@ def _write_unit(unit: Unit, spec: ModelSpec, instruction: str, frame: pd.DataFra
     atomic_write(path, lambda tmp: rows[PREDICTION_COLUMNS].to_parquet(tmp, index=False))
 
 
+def read_unit(path: Path) -> pd.DataFrame | None:
+    """A cached unit's predictions; None when absent, or when unreadable (then it is moved aside to
+    ``<name>.unreadable`` with a warning naming it, so it is recomputed and never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_parquet(path)
+        if list(frame.columns) != PREDICTION_COLUMNS or frame.empty:
+            raise ValueError(f"columns {list(frame.columns)}, {len(frame)} rows")
+        return frame
+    except Exception as exc:  # noqa: BLE001 (any damage: truncated, empty, foreign file)
+        aside = path.with_name(path.name + ".unreadable")
+        try:
+            os.replace(path, aside)
+        except OSError:  # another process moved or replaced it first
+            pass
+        log.warning("cached evaluation unit %s is unreadable (%s: %s); it is recomputed (moved to %s)",
+                    path, type(exc).__name__, exc, aside.name)
+        return None
+
+
 def _wait_for_shards(units: list[Unit], cache: Path, rank: int, poll_s: float = 2.0) -> None:
     """Block until every unit is cached (a barrier when torch.distributed is initialised, else polling)."""
     try:
@@ -256,13 +277,14 @@ def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = Non
     """Concatenate every planned unit (each exactly once), write the predictions and summary tables atomically."""
     if units is None or cache is None:
         _, units, cache = _plan(P)
-    missing = [u for u in units if not u.path(cache).is_file()]
+    frames = [read_unit(u.path(cache)) for u in units]
+    missing = [u for u, f in zip(units, frames) if f is None]
     if missing:
         raise EvaluationError(
             f"{len(missing)} of {len(units)} units have no results yet (first: {missing[0]}). "
             "Fix: run the evaluation (it resumes) before merging."
         )
-    predictions = pd.concat([pd.read_parquet(u.path(cache)) for u in units], ignore_index=True)
+    predictions = pd.concat(frames, ignore_index=True)
     summary = summarize(predictions, n_boot=P.evaluate.n_boot, seed=P.run.seed)
     out = eval_dir(P)
     atomic_write(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))

@@ -29,7 +29,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
 from coinlib.core.models import load_model
@@ -243,8 +242,7 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
         data_collator=PairCollator(tokenizer, negatives=uses_row_negatives(t)),
         callbacks=_tensorboard_callbacks(P) + list(callbacks or []), coin=t,
     )
-    ckpt_dir = Path(args.output_dir)
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(Path(args.output_dir), move_aside=trainer.is_world_process_zero())
     if last:
         check_resumable(P)
         log.info("resuming from %s", last)
@@ -267,8 +265,43 @@ def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[Tra
     return P.run_dir / "adapter"
 
 
-#: Settings that may change between a run and its resumption (they do not change what is trained).
-RESUME_FREE = {"logging_steps", "save_steps", "save_total_limit", "report_to", "max_steps", "epochs"}
+#: Settings that may change between a run and its resumption (they do not change what is trained). ``max_steps``
+#: and ``epochs`` are not among them: they set the learning-rate schedule of every step already taken.
+RESUME_FREE = {"logging_steps", "save_steps", "save_total_limit", "report_to"}
+#: Files every checkpoint holds; the Trainer writes ``trainer_state.json`` last.
+CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` was written to the end: every file present and a readable trainer state."""
+    import json
+
+    if not all((checkpoint / f).is_file() for f in CHECKPOINT_FILES):
+        return False
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def last_complete_checkpoint(folder: Path, move_aside: bool = True) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (None if none); newer incomplete ones (a run killed
+    while saving) are renamed to ``incomplete-checkpoint-N`` (outside the Trainer's ``checkpoint-*`` rotation)."""
+    if not folder.is_dir():
+        return None
+    found = sorted((int(p.name[len("checkpoint-"):]), p) for p in folder.glob("checkpoint-*")
+                   if p.is_dir() and p.name[len("checkpoint-"):].isdigit())
+    for _, path in reversed(found):
+        if _complete(path):
+            return str(path)
+        if move_aside:
+            aside = path.with_name("incomplete-" + path.name)
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            log.warning("checkpoint %s is incomplete (the run stopped while saving it); moved it to %s and "
+                        "resume from the newest complete checkpoint", path, aside.name)
+    return None
 
 
 def check_resumable(P: Params) -> None:
@@ -286,9 +319,11 @@ def check_resumable(P: Params) -> None:
     if saved.run.seed != P.run.seed:
         diffs.append("run.seed")
     if diffs:
+        why = (" (they set the learning-rate schedule of the steps already taken)"
+               if {"train.max_steps", "train.epochs"} & set(diffs) else "")
         raise ValueError(
-            f"{P.run_dir} holds checkpoints trained with different {', '.join(diffs)}. Fix: use a new run.name, "
-            f"or delete {P.run_dir / 'checkpoints'} to start over."
+            f"{P.run_dir} holds checkpoints trained with different {', '.join(diffs)}{why}. Fix: use a new "
+            f"run.name, or delete {P.run_dir / 'checkpoints'} to start over."
         )
 
 

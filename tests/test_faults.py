@@ -1,0 +1,317 @@
+"""Fault injection: kills, damaged files and odd input either recover to the result of an undisturbed run or stop
+with a message naming the file, key or line and the fix (issue 14). Tiny model, real mirror layout in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from entries_helper import make_entries
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import coinlib.evaluate.runner as ev
+from coinlib.core import models
+from coinlib.core.params import ParamsError, load_params, load_params_or_exit, validate
+from coinlib.core.promptsets import PromptSetError, load_prompt_set
+from coinlib.core.sources import CorruptFileError
+from coinlib.core.tasks import load_task
+from coinlib.data import pairs
+from coinlib.evaluate.scoring import score_instruction
+from coinlib.train import trainer as train_mod
+
+REPO = Path(__file__).resolve().parents[1]
+COLA = "hf/nyu-mll__glue/cola/train.jsonl"
+MIRROR_FILES = [COLA, "flan/templates_v1.json", "prompts/coin_eval_prompts.json"]
+
+
+def copy_mirror(src: Path, dst: Path, files=MIRROR_FILES) -> Path:
+    """The real mirror's layout with only ``files``, writable (the shared mirror is read-only)."""
+    for rel in files:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dst / rel)
+    return dst
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _train_params(tmp_path, name, **train):
+    values = {"run": {"name": name, "output_root": str(tmp_path)},
+              "train": {"max_steps": 4, "batch_size": 2, "micro_batch_pairs": 2, "save_steps": 2,
+                        "logging_steps": 1, "report_to": [], "cutoff_len": 64, "save_total_limit": None, **train}}
+    return validate(values)
+
+
+def _fresh(tok):
+    return models.tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id, seed=0)
+
+
+def _adapter(run_dir):
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+class _Kill(TrainerCallback):
+    class Killed(RuntimeError):
+        pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise self.Killed("killed at step 3")
+
+
+def test_killed_while_saving_resumes_from_newest_complete_checkpoint(tmp_path, smol_tokenizer, caplog):
+    data = make_entries(12)
+    full = _train_params(tmp_path, "full")
+    train_mod.train_on(full, data, _fresh(smol_tokenizer), smol_tokenizer)
+    part = _train_params(tmp_path, "part")
+    with pytest.raises(_Kill.Killed):
+        train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer, callbacks=[_Kill()])
+    ckpts = part.run_dir / "checkpoints"
+    # killed while writing checkpoint-4: weights written, trainer_state.json not yet
+    shutil.copytree(ckpts / "checkpoint-2", ckpts / "checkpoint-4")
+    (ckpts / "checkpoint-4" / "trainer_state.json").unlink()
+    # ... or while writing trainer_state.json itself
+    shutil.copytree(ckpts / "checkpoint-2", ckpts / "checkpoint-3")
+    state = ckpts / "checkpoint-3" / "trainer_state.json"
+    state.write_bytes(state.read_bytes()[:40])
+    with caplog.at_level(logging.WARNING, logger="coinlib.train.trainer"):
+        train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer)
+    moved = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
+    assert len(moved) == 2 and "checkpoint-4" in moved[0] and "checkpoint-3" in moved[1]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4", "incomplete-checkpoint-3",
+                                                      "incomplete-checkpoint-4"]
+    a, b = _adapter(part.run_dir), _adapter(full.run_dir)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("first,second,key", [({"max_steps": 2}, {"max_steps": 3}, "train.max_steps"),
+                                              ({"max_steps": -1, "epochs": 1}, {"max_steps": -1, "epochs": 2},
+                                               "train.epochs")])
+def test_changed_schedule_length_on_resume_is_refused(tmp_path, smol_tokenizer, first, second, key):
+    data = make_entries(4)
+    train_mod.train_on(_train_params(tmp_path, "r", **first), data, _fresh(smol_tokenizer), smol_tokenizer)
+    before = _adapter(tmp_path / "r")
+    with pytest.raises(ValueError, match=rf"different {key} \(they set the learning-rate schedule.*new run\.name.*"
+                                         r"delete .*checkpoints"):
+        train_mod.train_on(_train_params(tmp_path, "r", **second), data, _fresh(smol_tokenizer), smol_tokenizer)
+    after = _adapter(tmp_path / "r")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was trained or overwritten
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _data_params(out, mirror, **data):
+    return validate({"run": {"name": "t", "output_root": str(out), "mirror": str(mirror)},
+                     "data": {"tasks": ["cola"], "size": 24, **data}})
+
+
+def test_built_data_is_keyed_on_source_digest_and_format_version(tmp_path, mirror, monkeypatch):
+    m = copy_mirror(mirror, tmp_path / "mirror")
+    P = _data_params(tmp_path / "runs", m)
+    first = pairs.load_or_build(P, progress=False).to_list()
+    report = json.loads((P.data_dir / "build_report.json").read_text())
+    assert report["source"] == f"mirror:{m.resolve()}" and report["format_version"] == pairs.DATA_FORMAT_VERSION
+    assert len(report["source_digest"]) == 16
+
+    # the same mirror file with other rows (a re-copied or corrupted mirror): rebuilt, never reused
+    path = m / COLA
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    edited = [{**r, "sentence": r["sentence"].upper()} for r in rows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    rebuilt = pairs.load_or_build(P, progress=False).to_list()
+    assert rebuilt != first
+    fresh_m = copy_mirror(m, tmp_path / "fresh-mirror")  # an undisturbed build from the edited files
+    fresh = pairs.load_or_build(_data_params(tmp_path / "fresh", fresh_m), progress=False).to_list()
+    assert rebuilt == fresh
+    assert json.loads((P.data_dir / "build_report.json").read_text())["source_digest"] != report["source_digest"]
+
+    # another mirror root: another folder (both builds kept)
+    other = _data_params(tmp_path / "runs", fresh_m)
+    assert other.data_dir != P.data_dir
+
+    # a new data format version: rebuilt
+    monkeypatch.setattr(pairs, "DATA_FORMAT_VERSION", pairs.DATA_FORMAT_VERSION + 1)
+    pairs.load_or_build(P, progress=False)
+    assert json.loads((P.data_dir / "build_report.json").read_text())["format_version"] == pairs.DATA_FORMAT_VERSION
+
+
+def test_truncated_mirror_jsonl_names_file_line_and_fix(tmp_path, mirror):
+    m = copy_mirror(mirror, tmp_path / "mirror")
+    path = m / COLA
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:6]) + lines[6][: len(lines[6]) // 2])  # copy cut short inside line 7
+    with pytest.raises(CorruptFileError, match=rf"{path}: line 7 is not valid JSON.*Fix: copy the file again"):
+        pairs.load_or_build(_data_params(tmp_path / "runs", m), progress=False)
+    # the evaluation's reader says the same
+    sst2 = copy_mirror(mirror, tmp_path / "m2", ["hf/nyu-mll__glue/sst2/validation.jsonl"])
+    val = sst2 / "hf/nyu-mll__glue/sst2/validation.jsonl"
+    val.write_bytes(val.read_bytes()[:-30])
+    n_lines = len(val.read_bytes().splitlines())
+    with pytest.raises(CorruptFileError, match=rf"{val}: line {n_lines} is not valid JSON"):
+        load_task("sst2", 3, str(sst2))
+    # and a truncated template file
+    tpl = m / "flan/templates_v1.json"
+    tpl.write_bytes(tpl.read_bytes()[:1000])
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(CorruptFileError, match=rf"{tpl}: not valid JSON.*pinned origin google-research/FLAN"):
+        pairs.load_or_build(_data_params(tmp_path / "runs", m), progress=False)
+
+
+def test_flan_template_ignoring_the_input_is_excluded_with_reason(tmp_path, mirror):
+    m = copy_mirror(mirror, tmp_path / "mirror")
+    tpl = m / "flan/templates_v1.json"
+    doc = json.loads(tpl.read_text())
+    cola = doc["tasks"]["cola"]["templates"]
+    cola.append({"input": "Is the sentence acceptable?\n\n{options_}", "target": "{answer}",
+                 "fields": ["answer", "options_"], "has_options": True})
+    bad_id = len(cola) - 1
+    tpl.write_text(json.dumps(doc))
+    P = _data_params(tmp_path / "runs", m, size=60)
+    entries = pairs.load_or_build(P, progress=False).to_list()
+    report = json.loads((P.data_dir / "build_report.json").read_text())
+    reasons = {(x["task"], x["template_id"]): x["reason"] for x in report["excluded_templates"]}
+    assert "input uses none of the instance's fields ({sentence})" in reasons[("cola", bad_id)]
+    assert all(bad_id not in (e["template_id"], e["pos_template_id"]) for e in entries)
+    assert all(e["prompt"] != e["neg_prompt"] for e in entries)
+
+
+# ----------------------------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize("text", ["", "# nothing set yet\n", "{}\n"])
+def test_empty_parameter_file_is_rejected(tmp_path, text, capsys):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=rf"{path}: the parameter file is empty\. Fix: give at least `run: "):
+        load_params(path)
+    with pytest.raises(SystemExit) as exit_info:
+        load_params_or_exit(path)
+    assert exit_info.value.code == 2 and "is empty" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def test_prompt_file_with_placeholders_is_rejected_naming_where(tmp_path):
+    path = tmp_path / "prompts.yaml"
+    good = "Is this review positive or negative? "
+    bad = "Classify the sentiment as 'positive' or 'negative':\nQuestion:{content}\nAnswer:"
+    path.write_text(yaml.safe_dump({"clean": {"sst2": [good]}, "checklist": {"sst2": [good, bad]}}))
+    with pytest.raises(PromptSetError, match=rf"{path}: invalid prompt set: group 'checklist', task 'sst2', "
+                                             r"instruction 1 .*Question:\{content\}.* contains the placeholder\(s\) "
+                                             r"\{content\}.*Fix: remove them"):
+        load_prompt_set(path)
+    path.write_text(yaml.safe_dump({"clean": {"rte": ["Does {premise} entail it? {}"]}}))
+    with pytest.raises(PromptSetError, match=r"'rte', instruction 0 .*\{premise\}, \{\}"):
+        load_prompt_set(path)
+    P = validate({"run": {"name": "t", "output_root": str(tmp_path)},
+                  "evaluate": {"prompt_set": str(path), "tasks": ["rte"], "groups": ["clean"]}})
+    with pytest.raises(PromptSetError, match=str(path)):
+        ev.run_evaluation(P, rank=0, world_size=1)
+    # literal braces that are not placeholders stay allowed
+    path.write_text(yaml.safe_dump({"clean": {"rte": ["Answer with one of {entailment, not_entailment}."]}}))
+    assert load_prompt_set(path)["clean"]["rte"] == ["Answer with one of {entailment, not_entailment}."]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    path = tmp_path_factory.mktemp("tiny")
+    models.tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+def _eval_values(tiny_dir, out, mirror):
+    return {"base": "smoke.yaml", "run": {"name": "t", "output_root": str(out), "mirror": str(mirror)},
+            "model": {"name": str(tiny_dir)},
+            "evaluate": {"tasks": ["sst2", "rte"], "n_per_task": 3, "groups": ["clean", "checklist"],
+                         "n_instructions": 2, "scoring": "rank", "batch_size": 2, "adapters": []}}
+
+
+def test_unreadable_cache_units_are_recomputed_with_a_warning(tiny_dir, tmp_path, mirror, caplog):
+    P = validate(_eval_values(tiny_dir, tmp_path, mirror))
+    reference = ev.run_evaluation(P, rank=0, world_size=1).predictions
+    units = sorted((P.run_dir / "eval" / "cache").rglob("*.parquet"))
+    assert len(units) == 8
+    cut, empty = units[1], units[6]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # killed mid-copy / disk full
+    empty.write_bytes(b"")
+    calls = []
+
+    def counting(model, tok, instruction, *args, **kwargs):
+        calls.append(instruction)
+        return score_instruction(model, tok, instruction, *args, **kwargs)
+
+    with caplog.at_level(logging.WARNING, logger="coinlib.evaluate.runner"):
+        again = ev.run_evaluation(P, rank=0, world_size=1, scorer=counting).predictions
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(cut) in warned and str(empty) in warned and "recomputed" in warned
+    assert len(calls) == 2
+    pd.testing.assert_frame_equal(again, reference)
+    assert not list((P.run_dir / "eval" / "cache").rglob("*.tmp"))
+
+
+def test_two_concurrent_evaluations_of_one_run_equal_a_single_run(tiny_dir, tmp_path, mirror):
+    values = _eval_values(tiny_dir, tmp_path / "both", mirror)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "coinlib.evaluate", str(tmp_path / "p.yaml")], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    errors = [p.communicate(timeout=600)[1].decode()[-2000:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    single = ev.run_evaluation(validate(_eval_values(tiny_dir, tmp_path / "single", mirror)), rank=0, world_size=1)
+    out = tmp_path / "both" / "t" / "eval"
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "predictions.parquet"), single.predictions)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"),
+                                  pd.read_csv(tmp_path / "single" / "t" / "eval" / "summary.csv"))
+    leftovers = [p for p in (tmp_path / "both").rglob("*") if ".tmp" in p.name or p.name.endswith(".unreadable")]
+    assert leftovers == []
+    assert len(list((out / "cache").rglob("*.parquet"))) == 8
+
+
+# ----------------------------------------------------------------------------------------------- models
+def test_hub_model_offline_fails_at_once_with_model_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelUnavailable, match=r"'nobody/no-such-model'.*HF_HUB_OFFLINE is set\. Fix:"):
+        models.load_tokenizer("nobody/no-such-model")
+    with pytest.raises(models.ModelUnavailable, match=r"'nobody/no-such-model'.*HF_HUB_OFFLINE is set\. Fix:"):
+        models.load_model(validate({"run": {"name": "t"}, "model": {"name": "nobody/no-such-model"}}).model)
+
+
+@pytest.fixture()
+def unreachable_hub(monkeypatch):
+    """Online mode whose every HTTP request fails to connect; yields the list of requests made."""
+    import httpx2
+    from huggingface_hub import constants, set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    requests = []  # those for the model (huggingface_hub also asks for its own metadata now and then)
+
+    def refuse(request):
+        if "no-such-model" in str(request.url):
+            requests.append(str(request.url))
+        raise httpx2.ConnectError("connection refused (test)", request=request)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # a retry loop would not wait, only repeat
+    set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    yield requests
+    set_client_factory(default_client_factory)
+
+
+def test_unreachable_hub_fails_after_one_request(unreachable_hub):
+    with pytest.raises(models.ModelUnavailable,
+                       match=r"cannot load model 'nobody/no-such-model' \(ConnectError: .*\)\. Fix: check the name"):
+        models.load_tokenizer("nobody/no-such-model")
+    assert len(unreachable_hub) == 1 and unreachable_hub[0].endswith("nobody/no-such-model/resolve/main/config.json")
+    unreachable_hub.clear()
+    with pytest.raises(models.ModelUnavailable, match="ConnectError"):
+        models.load_model(validate({"run": {"name": "t"}, "model": {"name": "nobody/no-such-model"}}).model)
+    assert len(unreachable_hub) == 1
