@@ -290,7 +290,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, smol_tokenizer):
 
 def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
     P = make_params(tmp_path, model={"name": "smollm2-135m-instruct", "gradient_checkpointing": True},
-                    mixed_precision="bf16", max_steps=1, batch_size=2, micro_batch_pairs=2)
+                    mixed_precision="bf16", max_steps=1)
     model = fresh_model(smol_tokenizer)
     seen = {"q_proj": [], "lm_head": []}
 
