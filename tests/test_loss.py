@@ -40,19 +40,55 @@ def test_info_nce_scale_invariant_and_per_anchor_negatives():
     assert info_nce(a, p, tau, n[0], in_batch=False).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_info_nce_offset_selects_positive_in_gathered_pool():
-    torch.manual_seed(0)
-    a, p = torch.randn(4, 8), torch.randn(4, 8)
-    full = info_nce(a, p, 0.05)
-    halves = [info_nce(a[i:i + 2], p, 0.05, offset=i) for i in (0, 2)]
-    assert torch.stack(halves).mean().item() == pytest.approx(full.item(), rel=1e-6)
+# Worked example, d = 2, tau = 0.5. Vectors are not unit length (the loss uses cosines):
+#   originals ORIG O = (1,0), (0,1);  positives POS P = (3,4), (0,2);  shared negatives NEG N = (-2,0), (4,3)
+# Cosines (unit vectors (1,0), (0,1) | (.6,.8), (0,1) | (-1,0), (.8,.6)):
+#   O0: P0 .6  P1 0   N0 -1   N1 .8        P0: O0 .6  O1 .8  N0 -.6  N1 .96
+#   O1: P0 .8  P1 1   N0 0    N1 .6        P1: O0 0   O1 1   N0 0    N1 .6
+# Each loss is -logits[target] + log(sum(exp(logits))) with logits = cos / 0.5, e.g. for O0 (pool P0 P1 N0 N1):
+#   -1.2 + log(e^1.2 + e^0 + e^-2 + e^1.6) = 1.0416119024
+ORIG = [[1.0, 0.0], [0.0, 1.0]]
+POS = [[3.0, 4.0], [0.0, 2.0]]
+NEG = [[-2.0, 0.0], [4.0, 3.0]]
+FWD = [1.0416119024112056, 0.8131430076929003]  # O_i -> P_i among P0, P1, N0, N1
+BWD = [1.534062399783217, 0.5423240179127937]   # P_i -> O_i among O0, O1, N0, N1
+PAIRED_FWD = [0.03995333316243044, 0.3711006659477776]  # O_i among (P_i, N_i) only: logits (1.2, -2), (2, 1.2)
+PAIRED_BWD = [0.08683615215394958, 0.3711006659477776]  # P_i among (O_i, N_i) only: logits (1.2, -1.2), (2, 1.2)
+NO_NEG = [0.2632824673380312, 0.5130152523999527]       # O_i among P0, P1: logits (1.2, 0), (1.6, 2)
 
 
-def test_symmetric_is_mean_of_both_directions():
-    torch.manual_seed(1)
-    o, p, n = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
-    expected = 0.5 * (info_nce(o, p, 0.05, n) + info_nce(p, o, 0.05, n))
-    assert symmetric_info_nce(o, p, 0.05, n).item() == pytest.approx(expected.item(), rel=1e-6)
+def _t(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_worked_example_in_batch_pool_plus_explicit_negatives():
+    o, p, n = _t(ORIG), _t(POS), _t(NEG)
+    assert info_nce(o, p, 0.5, n).item() == pytest.approx(sum(FWD) / 2, rel=1e-9)
+    assert info_nce(p, o, 0.5, n).item() == pytest.approx(sum(BWD) / 2, rel=1e-9)
+    assert info_nce(o, p, 0.5).item() == pytest.approx(sum(NO_NEG) / 2, rel=1e-9)
+    assert symmetric_info_nce(o, p, 0.5, n).item() == pytest.approx(0.982785331950029, rel=1e-9)
+    # per-anchor negatives [N, K=1, d] without the in-batch pool: each anchor sees its own positive and negative
+    paired = symmetric_info_nce(o, p, 0.5, n[:, None, :], in_batch=False)
+    assert paired.item() == pytest.approx(0.2172477043029838, rel=1e-9)
+    assert paired.item() == pytest.approx((sum(PAIRED_FWD) + sum(PAIRED_BWD)) / 4, rel=1e-9)
+
+
+def test_worked_example_offset_picks_the_anchor_row_of_a_gathered_pool():
+    o, p, n = _t(ORIG), _t(POS), _t(NEG)
+    for i in (0, 1):  # one anchor per "process", the pool holds everyone's rows
+        assert info_nce(o[i:i + 1], p, 0.5, n, offset=i).item() == pytest.approx(FWD[i], rel=1e-9)
+    local = symmetric_info_nce(o[1:], p[1:], 0.5, n, gathered_original=o, gathered_positive=p, offset=1)
+    assert local.item() == pytest.approx((FWD[1] + BWD[1]) / 2, rel=1e-9)
+
+
+def test_worked_example_weight_and_total():
+    ctr = symmetric_info_nce(_t(ORIG), _t(POS), 0.5, _t(NEG))
+    ce = torch.tensor(1.5, dtype=torch.float64)
+    total, w = coin_loss(ce, ctr, 1000.0)  # w = 1.5 / 0.98278533 < lambda: the weighted term equals L_ent
+    assert w.item() == pytest.approx(1.5262743055227745, rel=1e-6)
+    assert total.item() == pytest.approx(3.0, rel=1e-6)  # the weight is computed in float32
+    total, w = coin_loss(ce, ctr, 1.0)  # the cap binds: w = lambda = 1
+    assert w.item() == 1.0 and total.item() == pytest.approx(1.5 + 0.982785331950029, rel=1e-6)
 
 
 def test_info_nce_gradcheck():

@@ -6,13 +6,15 @@ import importlib.util
 import json
 import random
 import re
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from coinlib.perturb import LEVELS, perturb_instruction, protected_terms
 from coinlib.perturb.attack import greedy_attack
 from coinlib.perturb.character import OPERATIONS, char_edit, perturb_characters
-from coinlib.perturb.importance import label_scorer, loo_importance, word_order
+from coinlib.perturb.importance import format_input, label_scorer, loo_importance, word_order
 from coinlib.perturb.promptset import build_prompt_set, clean_instructions, write_prompt_set
 from coinlib.perturb.semantic import RephraseRejected, clean_output, rephrase, required_terms
 from coinlib.perturb.sentence import checklist_suffix, stresstest_suffix
@@ -265,12 +267,61 @@ def test_greedy_attack_keeps_the_clean_text_when_nothing_helps():
     assert res.text == TEXT and res.edits == [] and res.evaluations > 1
 
 
-def test_label_scorer_on_tiny_model(tiny_model, smol_tokenizer):
-    examples = [("I loved it.", "positive"), ("Awful film.", "negative")]
-    loss = label_scorer(tiny_model, smol_tokenizer, examples, ["negative", "positive"], metric="loss")
-    acc = label_scorer(tiny_model, smol_tokenizer, examples, ["negative", "positive"], metric="accuracy")
-    assert loss("Classify: ") > 0 and loss("Classify: ") == pytest.approx(loss("Classify: "))
-    assert acc("Classify: ") in (0.0, 0.5, 1.0)
+class CueModel(torch.nn.Module):
+    """Hand-built scorer: the same next-token logits at every position, ``cued`` for rows whose input contains the
+    token ``cue`` and ``plain`` otherwise, so every label log-likelihood is known in closed form."""
+
+    def __init__(self, cue: int, cued: torch.Tensor, plain: torch.Tensor):
+        super().__init__()
+        self.cue, self.cued, self.plain = cue, torch.nn.Parameter(cued), torch.nn.Parameter(plain)
+
+    def forward(self, input_ids, attention_mask=None):
+        has = (input_ids == self.cue).any(1)[:, None, None]
+        logits = torch.where(has, self.cued, self.plain).expand(*input_ids.shape, -1)
+        return SimpleNamespace(logits=logits)
+
+
+def test_label_scorer_on_a_hand_built_model(smol_tokenizer):
+    tok = smol_tokenizer
+    pos, neg, cue = (tok(w, add_special_tokens=False)["input_ids"] for w in ("positive", "negative", " loved"))
+    assert len(pos) == len(neg) == len(cue) == 1
+    cued, plain = torch.zeros(len(tok)), torch.zeros(len(tok))
+    cued[pos], cued[neg] = 4.0, 1.0   # input mentions " loved": "positive" is likelier
+    plain[pos], plain[neg] = 1.0, 3.0  # otherwise "negative" is
+    model = CueModel(cue[0], cued, plain)
+    examples = [("I loved it.", "positive"), ("Awful film.", "negative"), ("Dull, I loved none of it.", "negative")]
+    nll = {(row, w): -torch.log_softmax(bias, 0)[t[0]].item()
+           for row, bias in (("cued", cued), ("plain", plain)) for w, t in (("positive", pos), ("negative", neg))}
+    loss = label_scorer(model, tok, examples, ["negative", "positive"], metric="loss")
+    acc = label_scorer(model, tok, examples, ["negative", "positive"], metric="accuracy", batch_size=2)
+    expected = (nll["cued", "positive"] + nll["plain", "negative"] + nll["cued", "negative"]) / 3
+    assert loss("Classify: ") == pytest.approx(expected, rel=1e-6)
+    assert acc("Classify: ") == pytest.approx(2 / 3)  # the third example has the cue but is negative
+    # the instruction is part of every input: a cue in it makes every row "cued"
+    assert acc("Classify what is loved: ") == pytest.approx(1 / 3)
+    assert loss("Classify what is loved: ") == pytest.approx(
+        (nll["cued", "positive"] + 2 * nll["cued", "negative"]) / 3, rel=1e-6)
+
+
+def test_label_scorer_on_tiny_model_equals_unbatched_scoring(tiny_model, smol_tokenizer):
+    """Padding and target masking change nothing: each label scored alone after its unpadded prompt."""
+    tok, model = smol_tokenizer, tiny_model.eval()
+    examples = [("I loved it.", "positive"), ("Awful film, too long and far too loud.", "negative"), ("Fine.", "neutral")]
+    labels = ["negative", "neutral", "positive"]
+
+    def nll(prompt: str, target: str) -> float:
+        p, t = (tok(x, add_special_tokens=False)["input_ids"] for x in (prompt, target))
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p + t])).logits[0].float(), -1)
+        return -sum(logp[len(p) - 1 + i, c].item() for i, c in enumerate(t)) / len(t)
+
+    instruction = "Classify: "
+    prompts = [format_input(instruction, c) for c, _ in examples]
+    loss = label_scorer(model, tok, examples, labels, metric="loss", batch_size=2)
+    acc = label_scorer(model, tok, examples, labels, metric="accuracy", batch_size=4)
+    assert loss(instruction) == pytest.approx(sum(nll(p, g) for p, (_, g) in zip(prompts, examples)) / 3, rel=1e-5)
+    picks = [min(labels, key=lambda lab: nll(p, lab)) for p in prompts]
+    assert acc(instruction) == pytest.approx(sum(k == g for k, (_, g) in zip(picks, examples)) / 3)
 
 
 # ------------------------------------------------------------------------------------------------ every paper prompt

@@ -110,6 +110,21 @@ def test_figure3_bars_in_role_order_and_colours():
     plt.close(fig)
 
 
+@pytest.mark.xfail(strict=True, reason="Figure 3 std becomes pooled (issue 12 point 3)")
+def test_figure3_std_is_pooled_over_tasks():
+    """Figure 3's std is Table 3's "Average": the std of all instructions' accuracies pooled over tasks, which
+    differs from the mean of the per-task stds when task means differ."""
+    per_instruction = {"sst2": [0.5, 0.7], "rte": [0.2, 0.2], "cola": [0.9, 0.6]}  # accuracy per instruction
+    summary = pd.DataFrame([("m", t, "clean", np.mean(a), np.std(a)) for t, a in per_instruction.items()],
+                           columns=["model", "task", "group", "mean_acc", "std_acc"])
+    pooled = 100 * np.std(np.concatenate(list(per_instruction.values())))  # 25.44: one std over all 6 values
+    mean_of_stds = 100 * np.mean([np.std(a) for a in per_instruction.values()])  # 8.33
+    assert abs(pooled - mean_of_stds) > 10
+    acc, std = plot_figure3(figure3_data(summary)).axes
+    assert [p.get_height() for p in acc.patches] == pytest.approx([100 * np.mean([0.5, 0.7, 0.2, 0.2, 0.9, 0.6])])
+    assert [p.get_height() for p in std.patches] == pytest.approx([pooled])
+
+
 def test_figure3_without_roles_keeps_the_summary_order():
     fig = plot_figure3(figure3_data(_summary()))
     assert fig.axes[1].get_legend_handles_labels()[1] == ["run-coin", "base", "run-cit"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,18 +107,61 @@ def _params(root, mirror, **analysis):
                      "model": {"name": str(root / "tiny")}, "analysis": {"represent_n": 4, **analysis}})
 
 
-def test_extract_uses_each_runs_adapter(tiny_runs, mirror):
+@functools.cache
+def _cola_texts(mirror, index: int) -> tuple[str, ...]:
+    """Each group's instruction ``index`` on cola's first 4 instances, in the paper format, group by group."""
+    from coinlib.core.promptsets import load_prompt_set
+    from coinlib.core.tasks import load_task
+
+    prompts = load_prompt_set("coin_eval_prompts", mirror)
+    contents = load_task("cola", 4, mirror)["content"]
+    return tuple(prompts[g]["cola"][index] + c + "### Response:" for g in represent.EVAL_GROUPS for c in contents)
+
+
+def _fresh_states(root, mirror, adapter, instruction_index: int = 0) -> np.ndarray:
+    """Recomputed without extract(): one unpadded forward per input through the tiny model with ``adapter``
+    merged in (None: base), final-norm state at the last token."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(root / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(root / "tiny")
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    with torch.no_grad():
+        return np.stack([model.model(**tok([t], return_tensors="pt")).last_hidden_state[0, -1].numpy()
+                         for t in _cola_texts(mirror, instruction_index)])
+
+
+def test_extract_uses_each_runs_adapter(tiny_runs, mirror, monkeypatch):
     P = _params(tiny_runs, mirror, cit_run="cit", coin_run="coin")
+    loads = []
+    real_load = represent._load
+    monkeypatch.setattr(represent, "_load", lambda P, adapter: loads.append(adapter) or real_load(P, adapter))
     folder = str(tiny_runs / "runs" / "coin" / "adapter")  # an adapter folder works as well as a run name
     reps = represent.extract(P, roles={"base": "base", "cit": "cit", "coin": "coin", "again": "cit", "folder": folder})
     assert reps.states.shape == (5 * 5 * 4, 64)  # roles x groups x instances, hidden size
     assert reps.meta.groupby("role", sort=False).size().to_dict() == {r: 20 for r in ["base", "cit", "coin", "again", "folder"]}
     cit, coin = reps.of("cit"), reps.of("coin")
     assert cit.meta["instance_id"].tolist() == coin.meta["instance_id"].tolist()
-    assert not np.allclose(cit.states, coin.states)  # different adapters, different states
-    assert not np.allclose(reps.of("base").states, cit.states)
-    np.testing.assert_array_equal(reps.of("again").states, cit.states)  # same run: computed once, reused
-    np.testing.assert_allclose(reps.of("folder").states, coin.states, atol=1e-5)
+    # each role's states are its own model's, recomputed here one input at a time
+    runs = tiny_runs / "runs"
+    fresh = {run: _fresh_states(tiny_runs, mirror, None if run == "base" else runs / run / "adapter")
+             for run in ("base", "cit", "coin")}
+    for role, run in [("base", "base"), ("cit", "cit"), ("coin", "coin"), ("again", "cit"), ("folder", "coin")]:
+        np.testing.assert_allclose(reps.of(role).states, fresh[run], atol=1e-4, err_msg=role)
+    assert not np.allclose(cit.states, coin.states, atol=1e-3)  # different adapters, different states
+    # a role naming a run already computed reuses it: one model load per distinct run (base, cit, coin, folder)
+    assert len(loads) == 4 and loads[0] is None
+
+
+def test_extract_follows_the_instruction_index(tiny_runs, mirror):
+    P = _params(tiny_runs, mirror, cit_run="cit", coin_run="coin", represent_instruction=1)
+    reps = represent.extract(P, roles={"cit": "cit"})
+    fresh = _fresh_states(tiny_runs, mirror, tiny_runs / "runs" / "cit" / "adapter", instruction_index=1)
+    np.testing.assert_allclose(reps.states, fresh, atol=1e-4)
+    first = _fresh_states(tiny_runs, mirror, tiny_runs / "runs" / "cit" / "adapter", instruction_index=0)
+    assert not np.allclose(reps.states, first, atol=1e-3)  # another instruction: other states
 
 
 def test_extract_without_adapter_says_to_train_first(tiny_runs, mirror):

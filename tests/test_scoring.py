@@ -11,6 +11,7 @@ from coinlib.evaluate.scoring import (
     answer_decided,
     encode,
     format_input,
+    generate_batch,
     label_continuation,
     label_token_ids,
     length_sorted_batches,
@@ -50,6 +51,25 @@ def test_parse_sentiment(text, expected):
 def test_parse_nli_prefixes(text, expected):
     assert parse_label(text, NLI) == expected
     assert parse_label(text, tuple(reversed(NLI))) == expected  # label order does not matter
+
+
+@pytest.mark.parametrize("labels, text, expected", [
+    (("unacceptable", "acceptable"), "Unacceptable.", "unacceptable"),      # "acceptable" is inside, not a prefix
+    (("unacceptable", "acceptable"), " acceptable!\n\nThe sentence", "acceptable"),
+    (("unacceptable", "acceptable"), "(Acceptable)", "acceptable"),
+    (("unacceptable", "acceptable"), "un-acceptable", ""),
+    (("not_equivalent", "equivalent"), "\"Not_equivalent\"", "not_equivalent"),
+    (("not_equivalent", "equivalent"), "equivalent, not not_equivalent", "equivalent"),
+    (("not_equivalent", "equivalent"), "not equivalent", ""),
+    (("entailment", "neutral", "contradiction"), "\tNEUTRAL\n", "neutral"),
+    (("entailment", "neutral", "contradiction"), "- contradiction -", "contradiction"),
+    (("entailment", "neutral", "contradiction"), "contra", ""),
+    (("entailment", "neutral", "contradiction"), "Neither", ""),
+    (("negative", "positive"), "Positive: positive\n\nThis is", "positive"),  # a real SmolLM2 answer
+    (("negative", "positive"), "The sentiment of the excerpt is positive", ""),  # also real: no label first
+])
+def test_parse_task_label_words(labels, text, expected):
+    assert parse_label(text, labels) == expected
 
 
 def test_parse_prefers_the_longer_label_word():
@@ -99,16 +119,85 @@ def test_batched_generate_equals_one_at_a_time(tiny_model, smol_tokenizer, fmt):
     texts = [format_input(INSTRUCTION, c, fmt, smol_tokenizer) for c in CONTENTS]
     plain = [plain_greedy(tiny_model, smol_tokenizer, t, fmt) for t in texts]
     assert [g.raw_output for g in got] == plain
-    assert [g.prediction for g in got] == [parse_label(p, NLI) for p in plain]
 
 
-def test_early_stop_keeps_predictions(tiny_model, smol_tokenizer):
-    tiny_model.eval()
-    kwargs = dict(fmt="paper", mode="generate", batch_size=2)
-    full = score_instruction(tiny_model, smol_tokenizer, INSTRUCTION, CONTENTS, NLI, early_stop=False, **kwargs)
-    early = score_instruction(tiny_model, smol_tokenizer, INSTRUCTION, CONTENTS, NLI, early_stop=True, **kwargs)
-    assert [e.prediction for e in early] == [f.prediction for f in full]
-    assert all(f.raw_output.startswith(e.raw_output) for e, f in zip(early, full))
+# Early stopping on a model that emits label words. Attention and MLP outputs are zeroed, so the final hidden state
+# at a position is the (normed) embedding of its token: the model is a bigram table. Source tokens get orthogonal
+# embeddings and the untied lm_head maps each to its successor, so greedy decoding follows these chains exactly.
+CHAINS = {  # row -> greedy continuation of its start token (the fixture builds the bigram table from these)
+    "A": [" not", "_", "ent", "ail", "ment", " because", " it"],
+    "B": [" entail", "ment", " because", " it", " rains", ".", " maybe"],
+    "C": [" The", " answer", " because", " it", " rains", ".", " maybe"],
+    "D": [" Not", "_", "ent", "ail", "ment", " because", " it"],
+}
+# (raw output after 7 tokens, raw output with early stop, parsed label): worked out by hand from CHAINS
+EXPECTED = {
+    "A": (" not_entailment because it", " not_entailment", "not_entailment"),
+    "B": (" entailment because it rains. maybe", " entailment", "entailment"),
+    "C": (" The answer because it rains. maybe", " The", ""),  # " The" cannot start a label word: decided at once
+    "D": (" Not_entailment because it", " Not_entailment", "not_entailment"),
+    "E": ("", "", ""),  # EOS first
+}
+
+
+@pytest.fixture()
+def bigram_model(smol_tokenizer):
+    """A tiny Llama that continues token ``start[row]`` with ``CHAINS[row]`` (row E: EOS at once); returns the
+    model and the start token of each row."""
+    from coinlib.core.models import tiny_llama
+
+    tok = smol_tokenizer
+    model = tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id, seed=0).eval()
+    one = {s: tok(s, add_special_tokens=False)["input_ids"] for c in CHAINS.values() for s in c}
+    assert all(len(ids) == 1 for ids in one.values())  # each chain step is one token
+    starts = tok(" alpha beta gamma delta epsilon", add_special_tokens=False)["input_ids"]
+    assert len(starts) == 5
+    start = dict(zip("ABCDE", starts))
+    nxt = {start[r]: one[c[0]][0] for r, c in CHAINS.items()} | {start["E"]: tok.eos_token_id}
+    for c in CHAINS.values():
+        nxt.update({one[a][0]: one[b][0] for a, b in zip(c, c[1:])})
+    d = model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head = torch.nn.Linear(d, len(tok), bias=False)
+        model.lm_head.weight.zero_()
+        model.config.tie_word_embeddings = False
+        for k, (src, dst) in enumerate(nxt.items()):
+            model.model.embed_tokens.weight[src] = torch.nn.functional.one_hot(torch.tensor(k), d).float()
+            model.lm_head.weight[dst, k] = 1.0
+    return model, start
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_early_stop_on_a_model_that_emits_label_words(bigram_model, smol_tokenizer, early_stop):
+    model, start = bigram_model
+    rows = "ABCDE"
+    filler = smol_tokenizer(" so it goes", add_special_tokens=False)["input_ids"]
+    suffixes = [filler[:i % 3] + [start[r]] for i, r in enumerate(rows)]  # different lengths: left padding
+    got = generate_batch(model, smol_tokenizer, [], None, suffixes, NLI, max_new_tokens=7, early_stop=early_stop)
+    assert got == [EXPECTED[r][1 if early_stop else 0] for r in rows]
+    assert [parse_label(g, NLI) for g in got] == [EXPECTED[r][2] for r in rows]
+    if not early_stop:  # the reference: model.generate on each input alone
+        ref = [smol_tokenizer.decode(model.generate(torch.tensor([s]), max_new_tokens=7, do_sample=False,
+                                                    pad_token_id=smol_tokenizer.pad_token_id)[0, len(s):],
+                                     skip_special_tokens=True) for s in suffixes]
+        assert got == ref
+
+
+def test_score_instruction_early_stop_keeps_predictions_of_a_model_that_emits_label_words(bigram_model, smol_tokenizer):
+    model, start = bigram_model
+    # paper format: every input ends in "Response:", so map ":" like row A's start token
+    colon = smol_tokenizer(":", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        model.model.embed_tokens.weight[colon] = model.model.embed_tokens.weight[start["A"]]
+    kwargs = dict(fmt="paper", mode="generate", batch_size=3)
+    full = score_instruction(model, smol_tokenizer, INSTRUCTION, CONTENTS, NLI, early_stop=False, **kwargs)
+    early = score_instruction(model, smol_tokenizer, INSTRUCTION, CONTENTS, NLI, early_stop=True, **kwargs)
+    assert [f.raw_output for f in full] == [EXPECTED["A"][0]] * 4
+    assert [e.raw_output for e in early] == [EXPECTED["A"][1]] * 4
+    assert [e.prediction for e in early] == [f.prediction for f in full] == ["not_entailment"] * 4
 
 
 def _separate_log_likelihood(model, tok, content: str, label: str, fmt: str) -> float:
@@ -172,21 +261,44 @@ def test_paper_format_scores_the_next_word_after_the_colon(smol_tokenizer):
     assert label_token_ids(smol_tokenizer, ("positive",), "chat")[0] == train
 
 
-@pytest.mark.slow
-def test_real_model_batched_generate_equals_plain_loop(mirror):
-    """SmolLM2 (chat template, the format where it answers with label words): batched == one at a time."""
+@pytest.fixture(scope="module")
+def smollm2():
     from coinlib.core.models import load_model
     from coinlib.core.params import ModelParams
+
+    model, tok = load_model(ModelParams(name="smollm2-135m-instruct"))
+    return model.eval(), tok
+
+
+def _sst2(mirror, n):
     from coinlib.core.promptsets import load_prompt_set
     from coinlib.core.tasks import get_task, load_task
 
-    model, tok = load_model(ModelParams(name="smollm2-135m-instruct"))
-    model.eval()
     instruction = load_prompt_set("coin_eval_prompts", mirror)["clean"]["sst2"][0]
-    contents = load_task("sst2", 4, mirror)["content"].tolist()
-    labels = get_task("sst2").labels
+    return instruction, load_task("sst2", n, mirror)["content"].tolist(), get_task("sst2").labels
+
+
+@pytest.mark.slow
+def test_real_model_batched_generate_equals_plain_loop(smollm2, mirror):
+    """SmolLM2 (chat template, the format where it answers with label words): batched == one at a time."""
+    model, tok = smollm2
+    instruction, contents, labels = _sst2(mirror, 4)
     got = score_instruction(model, tok, instruction, contents, labels, "chat", "generate", batch_size=3,
                             early_stop=False)
     plain = [plain_greedy(model, tok, format_input(instruction, c, "chat", tok), "chat") for c in contents]
     assert [g.raw_output for g in got] == plain
-    assert [g.prediction for g in got] == [parse_label(p, labels) for p in plain]
+
+
+@pytest.mark.slow
+def test_real_model_early_stop_cuts_text_not_predictions(smollm2, mirror):
+    """SmolLM2 on sst2: early stopping shortens the raw outputs (most start "The ...", decided at once) and keeps
+    every prediction, including a label word answer."""
+    model, tok = smollm2
+    instruction, contents, labels = _sst2(mirror, 6)
+    kwargs = dict(fmt="chat", mode="generate", batch_size=3)
+    full = score_instruction(model, tok, instruction, contents, labels, early_stop=False, **kwargs)
+    early = score_instruction(model, tok, instruction, contents, labels, early_stop=True, **kwargs)
+    assert [e.prediction for e in early] == [f.prediction for f in full]
+    assert "positive" in [e.prediction for e in early]
+    assert all(f.raw_output.startswith(e.raw_output) for e, f in zip(early, full))
+    assert sum(len(e.raw_output) < len(f.raw_output) for e, f in zip(early, full)) >= 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,7 +18,7 @@ from coinlib.core.models import tiny_llama
 from coinlib.core.params import load_params, validate
 from coinlib.train import trainer as train_mod
 from coinlib.train.batching import PairCollator, encode_entries
-from coinlib.train.loss import coin_loss, symmetric_info_nce
+from coinlib.train.loss import coin_loss
 from coinlib.train.pooling import last_token_pool
 
 
@@ -56,6 +57,24 @@ def test_smoke_trains_logs_and_saves_adapter(tmp_path, smol_tokenizer):
     assert any((P.run_dir / "tensorboard").iterdir())
 
 
+def _reference_info_nce(anchors, positives, negatives, tau=0.05) -> np.ndarray:
+    """Per-anchor InfoNCE written out in numpy: anchor i's candidates are all positives then all negatives,
+    the right one is positive i."""
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    logits = unit(anchors) @ unit(np.concatenate([positives, negatives])).T / tau
+    top = logits.max(1)
+    logz = np.log(np.exp(logits - top[:, None]).sum(1)) + top
+    return logz - logits[np.arange(len(logits)), np.arange(len(logits))]
+
+
+def _reference_ctr(o, p, n, rows=slice(None)) -> float:
+    """Symmetric in-batch InfoNCE (original->positive and back) averaged over the anchors ``rows``."""
+    return float(0.5 * (_reference_info_nce(o, p, n)[rows].mean() + _reference_info_nce(p, o, n)[rows].mean()))
+
+
 def _manual_loss(model, batch, k):
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     labels = batch["labels"]
@@ -87,8 +106,8 @@ def test_compute_loss_matches_hand_wiring(tmp_path, smol_tokenizer, batching, ga
     elif batching == "paired":  # own positive vs own negative only
         ctr = 0.5 * sum(-F.log_softmax(torch.stack([F.cosine_similarity(a[i], b[i], 0), F.cosine_similarity(a[i], n[i], 0)])
                                        / 0.05, 0)[0] for a, b in ((o, p), (p, o)) for i in range(3)) / 3
-    else:
-        ctr = symmetric_info_nce(o, p, 0.05, n)
+    else:  # in-batch pool (all positives) plus all hard negatives; a single process gathers nothing
+        ctr = torch.tensor(_reference_ctr(o.double().numpy(), p.double().numpy(), n.double().numpy()))
     expected, _ = coin_loss(ce, ctr, 1000.0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
     assert trainer._sums["loss_ctr"] == pytest.approx(ctr.item(), rel=1e-4)
@@ -186,11 +205,42 @@ def test_continues_an_existing_adapter(tmp_path, tiny_dir):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0  # continued adapter is trainable
 
 
+class _Snapshots(TrainerCallback):
+    """Copies of the trained model's LoRA and base weights when training begins and ends."""
+
+    def __init__(self):
+        self.model, self.begin, self.end = None, {}, {}
+
+    def _copy(self, model):
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model, self.begin = model, self._copy(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.end = self._copy(model)
+
+
 def test_qlora_4bit_trains_on_cpu(tmp_path, tiny_dir):
+    from bitsandbytes.nn import Linear4bit, Params4bit
+
     P = make_params(tmp_path, model={"name": str(tiny_dir), "load_in_4bit": True}, max_steps=1)
-    out = train_mod.train_on(P, make_entries(4))
+    snap = _Snapshots()
+    out = train_mod.train_on(P, make_entries(4), callbacks=[snap])
     assert (out / "adapter_model.safetensors").is_file()
     assert math.isfinite(pd.read_csv(P.run_dir / "train_log.csv")["loss"].iloc[0])
+    # the base decoder's Linear layers are bitsandbytes NF4 (packed uint8 weights), LoRA sits on top of them
+    layers = snap.model.get_base_model().model.layers
+    linears = [m for name, m in layers.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
+    assert len(linears) == 7 * len(layers)  # q, k, v, o, gate, up, down per decoder layer
+    assert all(isinstance(m, Linear4bit) and isinstance(m.weight, Params4bit) for m in linears)
+    assert {m.weight.quant_type for m in linears} == {"nf4"} and {m.weight.dtype for m in linears} == {torch.uint8}
+    lora = [k for k in snap.begin if "lora_" in k]
+    base = [k for k in snap.begin if "lora_" not in k]
+    assert lora and all(snap.model.get_parameter(k).requires_grad for k in lora)
+    # one optimizer step: LoRA B (zero at start) moved; every base weight, 4-bit or not, is bit-for-bit unchanged
+    assert all(not torch.equal(snap.begin[k], snap.end[k]) for k in lora if "lora_B" in k)
+    assert all(torch.equal(snap.begin[k], snap.end[k]) for k in base)
 
 
 def test_two_process_gather_keeps_positive_and_negative_order(tmp_path):
@@ -205,9 +255,12 @@ def test_two_process_gather_keeps_positive_and_negative_order(tmp_path):
     assert [x["offset"] for x in r] == [0, 2]
     for x in r:  # every rank sees all rows in rank order
         assert torch.equal(x["go"], o_all) and torch.equal(x["gp"], p_all) and torch.equal(x["gn"], n_all)
-    # the mean of the per-rank losses is the single-process loss over all 4 anchors
-    full = symmetric_info_nce(o_all, p_all, 0.05, n_all)
-    assert ((r[0]["loss"] + r[1]["loss"]) / 2).item() == pytest.approx(full.item(), rel=1e-5)
+    # each rank's anchors see all 4 positives and all 4 negatives: the mean of the per-rank losses is the
+    # in-batch loss over all 4 anchors, and each rank's loss is its own anchors' part of it
+    full = _reference_ctr(o_all, p_all, n_all)
+    assert ((r[0]["loss"] + r[1]["loss"]) / 2).item() == pytest.approx(full, rel=1e-5)
+    for rank, x in enumerate(r):
+        assert x["loss"].item() == pytest.approx(_reference_ctr(o_all, p_all, n_all, slice(2 * rank, 2 * rank + 2)), rel=1e-5)
 
 
 SWEEP = [1, 10, 100, 1000, 10000, 100000000]
@@ -245,8 +298,21 @@ def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
     P = make_params(tmp_path, model={"name": "smollm2-135m-instruct", "gradient_checkpointing": True},
                     mixed_precision="bf16", max_steps=1)
     model = fresh_model(smol_tokenizer)
+    seen = {"q_proj": [], "lm_head": []}
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name].append(output.dtype)
+        return hook
+
+    model.model.layers[0].self_attn.q_proj.register_forward_hook(record("q_proj"))  # the LoRA-wrapped base layer
+    model.lm_head.register_forward_hook(record("lm_head"))
     out = train_mod.train_on(P, make_entries(4), model, smol_tokenizer)
-    assert model.model.gradient_checkpointing  # the decoder recomputed activations in backward
+    # autocast: float32 weights, bfloat16 matmul outputs inside the model during the training step
+    assert set(seen["q_proj"]) == {torch.bfloat16} and set(seen["lm_head"]) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # one micro-batch, one forward: q_proj ran a second time when backward recomputed the checkpointed layer
+    assert model.model.gradient_checkpointing and len(seen["q_proj"]) == 2 and len(seen["lm_head"]) == 1
     log = pd.read_csv(P.run_dir / "train_log.csv")
     assert log[["loss", "loss_ent", "loss_ctr"]].map(math.isfinite).all().all()
     assert any(v.abs().sum() > 0 for k, v in adapter_weights(out).items() if "lora_B" in k)
