@@ -157,7 +157,7 @@ _ABS_PATH = re.compile(r"(?<![\w.~:/-])/(?:home|root|tmp|usr|opt|var|work|mnt|sr
                        r"scratch|data|lib|lib64|nix|proc)/[^\s'\"<>()\[\]]*")
 # A Python warning as printed by the warnings module ("file:line: FutureWarning: ..."), or a logging
 # warning/error of another library (coinlib's own log messages are part of the notebook's story).
-_WARNING = re.compile(r"\b[A-Z]\w*Warning: |^(?:WARNING|ERROR):(?!coinlib\b)|^\[?(?:WARNING|ERROR)\b", re.M)
+_WARNING = re.compile(r"\b[A-Z]\w*Warning: |^(?:WARNING|ERROR|CRITICAL):(?!coinlib\b)", re.M)
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -190,7 +190,7 @@ def output_problems(nb: Any, name: str = "notebook") -> list[str]:
                 text = "".join(output["text"]) if isinstance(output["text"], list) else output["text"]
                 for line in text.splitlines():
                     if _WARNING.search(line):
-                        problems.append(f"{where}: stderr warning {line.strip()[:160]!r}")
+                        problems.append(f"{where}: stderr warning {line.strip()!r}")
             if _WIDGET in output.get("data", {}):
                 problems.append(f"{where}: widget output (headless runs write progress bars as text)")
     pm_meta = nb.get("metadata", {}).get("papermill", {})

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
+import nbformat
 import pytest
 
 from coinlib import pipeline
+from coinlib.core.sources import REPO_ROOT
 
 
 def test_notebooks_are_the_six_stages_in_order():
@@ -53,3 +60,42 @@ def test_stage_command_lines_reject_bad_files_with_status_2(module, tmp_path, ca
         importlib.import_module(module).main([str(bad)])
     assert exit_info.value.code == 2
     assert "evaluate.n_per_task" in capsys.readouterr().err
+
+
+def _pipeline(tmp_path, yaml_text: str, *only: str) -> subprocess.CompletedProcess:
+    """``python -m coinlib.pipeline`` as a user runs it, from ``tmp_path``; stdout and stderr as one text."""
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml_text)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "coinlib.pipeline", str(params), "--only", *only], cwd=tmp_path,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+
+def test_passing_run_prints_exactly_one_line_per_notebook(tmp_path, mirror):
+    """No kernel chatter (unencrypted-TCP warning, KeyboardInterrupt at shutdown), no progress, no totals."""
+    done = _pipeline(tmp_path, f"base: {REPO_ROOT / 'params' / 'smoke.yaml'}\n"
+                               f"run: {{name: quiet, output_root: {tmp_path / 'out'}, figures_root: {tmp_path / 'fig'}}}\n",
+                     "01")
+    assert done.returncode == 0, done.stdout
+    assert re.fullmatch(r"01_build_data\.ipynb +\d+ s  out/quiet/notebooks/01_build_data\.ipynb\n", done.stdout), \
+        done.stdout
+    executed = nbformat.read(tmp_path / "out/quiet/notebooks/01_build_data.ipynb", as_version=4)
+    assert pipeline.output_problems(executed) == [f"notebook metadata papermill.{k}: absolute path "
+                                                  f"{str(p)!r}" for k, p in (
+                                                      ("input_path", REPO_ROOT / "notebooks/01_build_data.ipynb"),
+                                                      ("output_path", tmp_path / "out/quiet/notebooks/01_build_data.ipynb"))]
+    streams = [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert any("entries: 100%|" in o["text"] for o in streams)  # tqdm.auto wrote a text bar, not a widget
+
+
+def test_failing_cell_is_printed_with_its_source_and_error(tmp_path):
+    done = _pipeline(tmp_path, f"base: {REPO_ROOT / 'params' / 'smoke.yaml'}\n"
+                               f"run: {{name: failing, output_root: {tmp_path / 'out'}, figures_root: {tmp_path / 'fig'}}}\n"
+                               "analysis: {lambda_runs: {'1000': never_trained}}\n", "06")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("[coin] 06_lambda_ablation.ipynb failed in cell [4] "
+                        "(executed notebook: out/failing/notebooks/06_lambda_ablation.ipynb):"), done.stdout
+    assert "ours = tables.ours_by_lambda(P)" in done.stdout  # the failing cell's source
+    assert "MissingInput" in done.stdout and "never_trained" in done.stdout  # and its error
+    assert "\x1b[" not in done.stdout and "Kernel is running over TCP" not in done.stdout
