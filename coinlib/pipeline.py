@@ -112,7 +112,7 @@ def execute(nb: str | Path, out: str | Path, parameters: dict | None = None,
         pm.execute_notebook(
             str(nb), str(out), parameters=parameters, cwd=str(NOTEBOOKS_DIR), kernel_name=kernel_name,
             progress_bar=False, log_output=False, config=config, kernel_manager_class=_headless_kernel_manager(),
-            extra_arguments=[f"--IPKernelApp.extensions={__name__}"],
+            extra_arguments=["--IPKernelApp.extensions=coinlib.pipeline"],  # not __name__: "__main__" under -m
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -62,28 +63,32 @@ def test_stage_command_lines_reject_bad_files_with_status_2(module, tmp_path, ca
     assert "evaluate.n_per_task" in capsys.readouterr().err
 
 
-def _pipeline(tmp_path, yaml_text: str, *only: str) -> subprocess.CompletedProcess:
-    """``python -m coinlib.pipeline`` as a user runs it, from ``tmp_path``; stdout and stderr as one text."""
+def _pipeline(tmp_path, yaml_text: str, *only: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m coinlib.pipeline`` as a user runs it; stdout and stderr as one text."""
     params = tmp_path / "p.yaml"
     params.write_text(yaml_text)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "coinlib.pipeline", str(params), "--only", *only], cwd=tmp_path,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "coinlib.pipeline", str(params), "--only", *only],
+                          cwd=cwd or tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
 
 
 def test_passing_run_prints_exactly_one_line_per_notebook(tmp_path, mirror):
     """No kernel chatter (unencrypted-TCP warning, KeyboardInterrupt at shutdown), no progress, no totals."""
-    done = _pipeline(tmp_path, f"base: {REPO_ROOT / 'params' / 'smoke.yaml'}\n"
-                               f"run: {{name: quiet, output_root: {tmp_path / 'out'}, figures_root: {tmp_path / 'fig'}}}\n",
-                     "01")
-    assert done.returncode == 0, done.stdout
-    assert re.fullmatch(r"01_build_data\.ipynb +\d+ s  out/quiet/notebooks/01_build_data\.ipynb\n", done.stdout), \
-        done.stdout
-    executed = nbformat.read(tmp_path / "out/quiet/notebooks/01_build_data.ipynb", as_version=4)
-    assert pipeline.output_problems(executed) == [f"notebook metadata papermill.{k}: absolute path "
-                                                  f"{str(p)!r}" for k, p in (
-                                                      ("input_path", REPO_ROOT / "notebooks/01_build_data.ipynb"),
-                                                      ("output_path", tmp_path / "out/quiet/notebooks/01_build_data.ipynb"))]
+    out = f"runs/pytest-{tmp_path.name}"  # inside the checkout: notebook 01 prints its data folder relative to it
+    try:
+        done = _pipeline(tmp_path, f"base: {REPO_ROOT / 'params' / 'smoke.yaml'}\n"
+                                   f"run: {{name: quiet, output_root: {out}, figures_root: {tmp_path / 'fig'}}}\n",
+                         "01", cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stdout
+        executed_path = f"{out}/quiet/notebooks/01_build_data.ipynb"
+        assert re.fullmatch(rf"01_build_data\.ipynb +\d+ s  {executed_path}\n", done.stdout), done.stdout
+        executed = nbformat.read(REPO_ROOT / executed_path, as_version=4)
+    finally:
+        shutil.rmtree(REPO_ROOT / out, ignore_errors=True)
+    assert pipeline.output_problems(executed) == [
+        f"notebook metadata papermill.{key}: absolute path {str(REPO_ROOT / path)!r}"
+        for key, path in (("input_path", "notebooks/01_build_data.ipynb"), ("output_path", executed_path))]
     streams = [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert any("entries: 100%|" in o["text"] for o in streams)  # tqdm.auto wrote a text bar, not a widget
 
