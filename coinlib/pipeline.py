@@ -30,6 +30,7 @@ from coinlib.core.sources import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "coin"
+COMMIT_RUNS = REPO_ROOT / "runs" / "commit-outputs"
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -58,7 +59,8 @@ def load_ipython_extension(ipython: Any) -> None:
     line plus widget state; tqdm.auto's console class (the one it picks outside Jupyter) writes text to
     stderr instead. In JupyterLab this extension is not loaded and bars are widgets (ipywidgets).
     Warnings: third-party FutureWarnings are deprecation notices between libraries (peft calling a
-    transformers property renamed for v6), not something a notebook reader can act on.
+    transformers property renamed for v6), not something a notebook reader can act on; those raised by
+    coinlib or by notebook code still show.
     """
     import warnings
 
@@ -69,7 +71,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
     tqdm.autonotebook.tqdm, tqdm.autonotebook.trange = tqdm.std.tqdm, tqdm.std.trange
     tqdm.auto.tqdm = tqdm.asyncio.tqdm  # tqdm.auto.trange looks this name up at call time
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!coinlib)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!coinlib|__main__)")
 
 
 def _headless_kernel_manager() -> type:
@@ -232,10 +234,10 @@ def commit_outputs(only: list[str] | None = None, kernel_name: str | None = KERN
     problems: list[str] = []
     for nb_path in notebooks(only):
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="coin-commit-") as tmp:
-            out = Path(tmp) / nb_path.name
-            _execute_or_explain(nb_path, out, None, kernel_name)
-            nb = nbformat.read(out, as_version=4)
+        out = COMMIT_RUNS / nb_path.name  # kept for a look when the notebook fails or is not clean
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _execute_or_explain(nb_path, out, None, kernel_name)
+        nb = nbformat.read(out, as_version=4)
         _normalise(nb, nb_path.name)
         found = output_problems(nb, nb_path.name)
         if found:
@@ -243,7 +245,7 @@ def commit_outputs(only: list[str] | None = None, kernel_name: str | None = KERN
             print(f"{nb_path.name:<26} {time.perf_counter() - start:5.0f} s  NOT replaced: "
                   f"{len(found)} problem(s)", flush=True)
             continue
-        atomic_write_text(nb_path, nbformat.writes(nb) + "\n")
+        atomic_write_text(nb_path, nbformat.writes(nb))
         print(f"{nb_path.name:<26} {time.perf_counter() - start:5.0f} s  {shown(nb_path)}", flush=True)
     return problems
 

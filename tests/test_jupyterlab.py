@@ -66,7 +66,7 @@ def lab(tmp_path_factory):
     news.write_text('{"fetchNews": "false"}')  # no "get notified about Jupyter news?" toast (and no fetch)
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
              f"--ServerApp.root_dir={served}", f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
              f"--LabApp.user_settings_dir={tmp / 'settings'}", "--allow-root",  # CI runs as root

@@ -104,3 +104,25 @@ def test_failing_cell_is_printed_with_its_source_and_error(tmp_path):
     assert "ours = tables.ours_by_lambda(P)" in done.stdout  # the failing cell's source
     assert "MissingInput" in done.stdout and "never_trained" in done.stdout  # and its error
     assert "\x1b[" not in done.stdout and "Kernel is running over TCP" not in done.stdout
+
+
+def test_headless_kernel_text_progress_and_no_library_deprecation_notices(tmp_path):
+    """tqdm.auto writes text (not a widget); a transformers FutureWarning is filtered, the notebook's own is not."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": pipeline.KERNEL_NAME, "language": "python",
+                                                           "display_name": "COIN (.venv)"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='bar'):\n    pass"),
+        nbformat.v4.new_code_cell(
+            "from transformers import LlamaConfig, LlamaForCausalLM\n"
+            "m = LlamaForCausalLM(LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,\n"
+            "                     num_attention_heads=2, num_key_value_heads=2, vocab_size=16))\n"
+            "m.is_gradient_checkpointing  # deprecated in transformers 5 (peft still reads it)"),
+        nbformat.v4.new_code_cell("import warnings\nwarnings.warn('mine', FutureWarning)"),
+    ]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    pipeline.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
+    bar, library, own = (c.outputs for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells)
+    assert [o.output_type for o in bar] == ["stream"] * len(bar) and {o.name for o in bar} == {"stderr"}
+    assert "bar: 100%|██████████| 3/3" in "".join(o.text for o in bar)
+    assert [o.get("data", {}).get("text/plain") for o in library] == ["False"]  # and no warning beside it
+    assert len(own) == 1 and "FutureWarning: mine" in own[0].text
