@@ -251,7 +251,8 @@ def commit_outputs(only: list[str] | None = None, kernel_name: str | None = KERN
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m coinlib.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file", nargs="?", help="parameter file, e.g. params/smoke.yaml")
     ap.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 01 02")
     ap.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (default: %(default)s)")
