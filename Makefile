@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 smoke: run
 run: $(STAMP)
-	$(BIN)/python -m coinlib.pipeline $(PARAMS)
+	@$(BIN)/python -m coinlib.pipeline $(PARAMS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests --nbval notebooks --nbval-current-env -p no:cacheprovider

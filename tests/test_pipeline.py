@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import nbformat
 import pytest
 
 from coinlib import pipeline
+from coinlib.core.sources import REPO_ROOT
 
 
 def test_notebooks_are_the_six_stages_in_order():
@@ -53,3 +61,68 @@ def test_stage_command_lines_reject_bad_files_with_status_2(module, tmp_path, ca
         importlib.import_module(module).main([str(bad)])
     assert exit_info.value.code == 2
     assert "evaluate.n_per_task" in capsys.readouterr().err
+
+
+def _pipeline(tmp_path, yaml_text: str, *only: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m coinlib.pipeline`` as a user runs it; stdout and stderr as one text."""
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml_text)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "coinlib.pipeline", str(params), "--only", *only],
+                          cwd=cwd or tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+
+
+def test_passing_run_prints_exactly_one_line_per_notebook(tmp_path, mirror):
+    """No kernel chatter (unencrypted-TCP warning, KeyboardInterrupt at shutdown), no progress, no totals."""
+    out = f"runs/pytest-{tmp_path.name}"  # inside the checkout: notebook 01 prints its data folder relative to it
+    try:
+        done = _pipeline(tmp_path, f"base: {REPO_ROOT / 'params' / 'smoke.yaml'}\n"
+                                   f"run: {{name: quiet, output_root: {out}, figures_root: {tmp_path / 'fig'}}}\n",
+                         "01", cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stdout
+        executed_path = f"{out}/quiet/notebooks/01_build_data.ipynb"
+        assert re.fullmatch(rf"01_build_data\.ipynb +\d+ s  {executed_path}\n", done.stdout), done.stdout
+        executed = nbformat.read(REPO_ROOT / executed_path, as_version=4)
+    finally:
+        shutil.rmtree(REPO_ROOT / out, ignore_errors=True)
+    assert pipeline.output_problems(executed) == [
+        f"notebook metadata papermill.{key}: absolute path {str(REPO_ROOT / path)!r}"
+        for key, path in (("input_path", "notebooks/01_build_data.ipynb"), ("output_path", executed_path))]
+    streams = [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert any("entries: 100%|" in o["text"] for o in streams)  # tqdm.auto wrote a text bar, not a widget
+
+
+def test_failing_cell_is_printed_with_its_source_and_error(tmp_path):
+    done = _pipeline(tmp_path, f"base: {REPO_ROOT / 'params' / 'smoke.yaml'}\n"
+                               f"run: {{name: failing, output_root: {tmp_path / 'out'}, figures_root: {tmp_path / 'fig'}}}\n"
+                               "analysis: {lambda_runs: {'1000': never_trained}}\n", "06")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("[coin] 06_lambda_ablation.ipynb failed in cell [4] "
+                        "(executed notebook: out/failing/notebooks/06_lambda_ablation.ipynb):"), done.stdout
+    assert "ours = tables.ours_by_lambda(P)" in done.stdout  # the failing cell's source
+    assert "MissingInput" in done.stdout and "never_trained" in done.stdout  # and its error
+    assert "\x1b[" not in done.stdout and "Kernel is running over TCP" not in done.stdout
+
+
+def test_headless_kernel_text_progress_and_no_library_deprecation_notices(tmp_path):
+    """tqdm.auto writes text (not a widget); a transformers FutureWarning is filtered, the notebook's own is not."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": pipeline.KERNEL_NAME, "language": "python",
+                                                           "display_name": "COIN (.venv)"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='bar'):\n    pass"),
+        nbformat.v4.new_code_cell(
+            "from transformers import LlamaConfig, LlamaForCausalLM\n"
+            "m = LlamaForCausalLM(LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,\n"
+            "                     num_attention_heads=2, num_key_value_heads=2, vocab_size=16))\n"
+            "m.is_gradient_checkpointing  # deprecated in transformers 5 (peft still reads it)"),
+        nbformat.v4.new_code_cell("import warnings\nwarnings.warn('mine', FutureWarning)"),
+    ]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    pipeline.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
+    bar, library, own = (c.outputs for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells)
+    assert [o.output_type for o in bar] == ["stream"] * len(bar) and {o.name for o in bar} == {"stderr"}
+    assert "bar: 100%|██████████| 3/3" in "".join(o.text for o in bar)
+    assert [o.get("data", {}).get("text/plain") for o in library] == ["False"]  # and no warning beside it
+    assert len(own) == 1 and "FutureWarning: mine" in own[0].text
