@@ -7,7 +7,7 @@ import json
 import pytest
 
 from coinlib.core.params import validate
-from coinlib.core.sampling import sample_indices
+from coinlib.core.tasks import sample_indices
 from coinlib.data import pairs
 from coinlib.data.flan import load_templates, render
 

@@ -17,7 +17,8 @@ from coinlib.perturb.promptset import build_prompt_set, clean_instructions, writ
 from coinlib.perturb.semantic import RephraseRejected, clean_output, rephrase, required_terms
 from coinlib.perturb.sentence import checklist_suffix, stresstest_suffix
 from coinlib.perturb.synonyms import acceptable_synonym
-from coinlib.perturb.tokens import LABEL_WORDS, STOPWORDS, editable_positions, tokenize
+from coinlib.core.tasks import label_words
+from coinlib.perturb.tokens import STOPWORDS, editable_positions, tokenize
 from coinlib.perturb.word import perturb_words
 
 WORD_RE = re.compile(r"[A-Za-z]+(?:_[A-Za-z]+)*")
@@ -284,7 +285,7 @@ def test_every_paper_prompt_keeps_its_protected_spans(paper_prompts, level):
         after = [t.text for t in tokenize(out, prot) if t.kind == "protected"]
         # the suffix levels may add words of their own ("and true is true") after the kept spans
         assert (after[: len(before)] if level == "stresstest" else after) == before, (task, text, out)
-        assert any(lab in out.lower() for lab in LABEL_WORDS[task])
+        assert any(lab in out.lower() for lab in label_words(task))
         if level != "word":
             assert out != text
 

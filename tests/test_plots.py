@@ -76,8 +76,8 @@ def test_umap_figure_one_panel_per_role():
 def test_paired_difference_points_sit_at_the_estimates_in_points():
     paired = pd.DataFrame({
         "group": ["clean", "average"], "model_a": "coin", "model_b": "cit", "acc_diff": [0.02, -0.01],
-        "acc_diff_low": [0.0, -0.03], "acc_diff_high": [0.05, 0.01], "instr_std_diff": [-0.04, 0.0],
-        "instr_std_diff_low": [-0.06, -0.02], "instr_std_diff_high": [-0.01, 0.02], "n_tasks": 2, "n_instances": 40,
+        "acc_diff_low": [0.0, -0.03], "acc_diff_high": [0.05, 0.01], "std_diff": [-0.04, 0.0],
+        "std_diff_low": [-0.06, -0.02], "std_diff_high": [-0.01, 0.02], "n_tasks": 2, "n_instances": 40,
     })
     fig = figures.plot_paired_difference(paired)
     acc, std = fig.axes
@@ -108,6 +108,21 @@ def test_figure3_bars_in_role_order_and_colours():
     assert heights == pytest.approx([50, 50, 40, 40, 60, 60])  # per model (role order), per group
     assert [round(p.get_height(), 6) for p in std.patches][:2] == pytest.approx([10, 10])
     plt.close(fig)
+
+
+def test_figure3_std_is_the_pooled_std_of_the_tables():
+    """Tasks with different accuracies: the pooled std (population std of all per-instruction accuracies) differs
+    from the mean of per-task stds, and Figure 3 shows the pooled one, as the tables (results.md) do."""
+    # sst2: instructions at 0.9 and 0.7 (mean 0.8, std 0.1); rte: 0.5 and 0.3 (mean 0.4, std 0.1)
+    summary = pd.DataFrame({"model": "m", "task": ["sst2", "rte"], "group": "clean", "mean_acc": [0.8, 0.4],
+                            "std_acc": [0.1, 0.1]})
+    row = figure3_data(summary).iloc[0]
+    assert row["mean_acc"] == pytest.approx(0.6)
+    assert row["std_acc"] == pytest.approx(np.std([0.9, 0.7, 0.5, 0.3]))  # 0.2236, not the mean of stds 0.1
+    from coinlib.results.report import group_table
+
+    cell = group_table(summary.assign(model="base"), {"base": "base"}, "m").set_index("group").iloc[0, -1]
+    assert cell == f"60.0 ± {100 * np.std([0.9, 0.7, 0.5, 0.3]):.1f}"
 
 
 def test_figure3_without_roles_keeps_the_summary_order():

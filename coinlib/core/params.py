@@ -19,11 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coinlib.core.sources import REPO_ROOT
+from coinlib.core.tasks import task_names
 
 PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
 SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
-GLUE_TASKS = ["cola", "mnli", "mnli_matched", "mnli_mismatched", "mrpc", "qnli", "qqp", "rte", "sst2", "wnli"]
 EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
 ALL_GROUPS = "average"  # group label of rows pooled over every group
 
@@ -83,7 +83,7 @@ class DataParams(_Section):
         "none", description="per-task entry cap: none, or the paper's Table 2 counts"
     )
     eval_holdout: int = Field(
-        300, ge=0, description="rows of the evaluation sample (coinlib.core.sampling) kept out of training pools "
+        300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks) kept out of training pools "
         "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
     )
     extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
@@ -130,7 +130,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     """Robustness evaluation on GLUE with instruction variants."""
 
-    tasks: list[str] = Field(default_factory=lambda: list(GLUE_TASKS))
+    tasks: list[str] = Field(default_factory=task_names, description="evaluation tasks (coinlib.core.tasks)")
     n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
-from coinlib.core.sampling import EVAL_SAMPLE_SEED, EVAL_SPLITS, sample_indices
 from coinlib.core.sources import DATASETS, SourceUnavailable, load_split, read_jsonl, resolve_mirror
+from coinlib.core.tasks import EVAL_SAMPLE_SEED, held_out_rows
 from coinlib.data.augment import add_perturbed_positives
 from coinlib.data.flan import (
     ADAPTERS,
@@ -124,8 +124,8 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
               holdout: int = 300) -> TaskPool:
     """The task's instances (evaluation holdout and FLAN-filtered rows removed, inputs de-duplicated).
 
-    Rows of a GLUE evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude the evaluation
-    sample of ``holdout`` rows (:func:`coinlib.core.sampling.sample_indices`, seed ``EVAL_SAMPLE_SEED``).
+    Rows of an evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude every row the evaluation
+    sample of ``holdout`` rows of any task uses (:func:`coinlib.core.tasks.held_out_rows`).
     Raises :class:`DataError` for an empty source file, fewer than two usable templates, or fewer than two
     distinct outputs; :class:`~coinlib.core.sources.SourceUnavailable` when the data cannot be found.
     """
@@ -143,10 +143,8 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
         if not rows:
             raise DataError(f"task {adapter.name}: source {name} has no rows. Fix: re-create that mirror file, "
                             "or remove the task from data.tasks.")
-        exclude: set[int] = set()
-        if (adapter.dataset, config, split) in set(EVAL_SPLITS.values()):
-            exclude = set(sample_indices(len(rows), holdout, EVAL_SAMPLE_SEED))
-            held += len(exclude)
+        exclude = held_out_rows((adapter.dataset, config, split), holdout, mirror, n_rows=len(rows))
+        held += len(exclude)
         parts.append(f"{name} ({len(rows)} rows" + (f", {len(exclude)} evaluation rows held out)" if exclude else ")"))
         for i, row in enumerate(rows):
             if i in exclude:
@@ -330,7 +328,7 @@ def _check_holdout(P: "Params") -> None:
         raise DataError(
             f"evaluation samples {P.evaluate.n_per_task} rows per task (seed {seed}) but training holds out only the "
             f"{P.data.eval_holdout}-row evaluation sample (seed {EVAL_SAMPLE_SEED}): evaluated rows could be trained on. "
-            "Fix: set data.eval_holdout >= evaluate.n_per_task (and use coinlib.core.sampling's seed).")
+            "Fix: set data.eval_holdout >= evaluate.n_per_task (and use coinlib.core.tasks' seed).")
 
 
 def build(P: "Params", progress: bool = True) -> "datasets.Dataset":

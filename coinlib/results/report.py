@@ -86,7 +86,7 @@ def paired_markdown_table(paired: pd.DataFrame) -> pd.DataFrame:
         "group": paired["group"],
         "Δ accuracy [95% CI]": [cell(r, "acc_diff") for _, r in paired.iterrows()],
         "P(better)": [f"{p:.2f}" for p in paired["p_better"]],
-        "Δ std over instructions [95% CI]": [cell(r, "instr_std_diff") for _, r in paired.iterrows()],
+        "Δ std over instructions [95% CI]": [cell(r, "std_diff") for _, r in paired.iterrows()],
     })
 
 
