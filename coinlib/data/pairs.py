@@ -370,6 +370,15 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     return datasets.load_from_disk(str(out / "dataset"))
 
 
+def format_entry(entry: dict[str, Any]) -> str:
+    """One entry as readable text: its ids, then the original, positive and hard negative with their answers."""
+    return (f"=== entry {entry['entry_id']} | task {entry['task']} | templates {entry['template_id']} -> "
+            f"{entry['pos_template_id']}\n"
+            f"--- original  [{entry['instance_id']}]\n{entry['prompt']}\n>>> {entry['target']}\n"
+            f"--- positive  [{entry['instance_id']}]\n{entry['pos_prompt']}\n>>> {entry['target']}\n"
+            f"--- negative  [{entry['neg_instance_id']}]\n{entry['neg_prompt']}\n>>> {entry['neg_target']}\n")
+
+
 def load_or_build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     """The built dataset for ``P``: loaded from ``P.data_dir/dataset`` if present, else built there first.
 
