@@ -101,3 +101,20 @@ def test_deep_merge_does_not_mutate_inputs():
     base = {"a": {"b": 1, "c": 2}}
     out = deep_merge(base, {"a": {"b": 3}})
     assert out == {"a": {"b": 3, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
+
+
+def test_smoke_trains_a_cit_and_a_coin_run_that_differ():
+    """notebook 02 trains every run of the smoke's analyses, so 05 and 06 compare runs that really differ."""
+    runs = {Q.run.name: Q for Q in load_params(PARAMS_DIR / "smoke.yaml").runs_to_train()}
+    assert list(runs) == ["smoke", "smoke-cit", "smoke-lambda1"]
+    assert [runs[n].train.contrastive for n in runs] == [True, False, True]
+    assert [runs[n].train.lambda_ for n in runs] == [1000.0, 1000.0, 1.0]
+    assert not any(runs[n].train.analysis_runs for n in ("smoke-cit", "smoke-lambda1"))
+    # apart from name, contrastive and lambda the runs share every setting (the same data, recipe and seed)
+    strip = lambda Q: {**Q.model_dump(), "run": {**Q.model_dump()["run"], "name": ""},  # noqa: E731
+                       "train": {k: v for k, v in Q.model_dump()["train"].items()
+                                 if k not in ("contrastive", "lambda_", "analysis_runs")}}
+    assert strip(runs["smoke-cit"]) == strip(runs["smoke"]) == strip(runs["smoke-lambda1"])
+    assert runs["smoke-cit"].data_dir == runs["smoke"].data_dir
+    # files that name their runs' own parameter files train only themselves
+    assert [Q.run.name for Q in load_params(PARAMS_DIR / "cpu-mini.yaml").runs_to_train()] == ["cpu-mini"]

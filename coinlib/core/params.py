@@ -125,6 +125,10 @@ class TrainParams(_Section):
     save_total_limit: Optional[int] = Field(3, ge=1, description="checkpoints kept (oldest deleted); null = all")
     report_to: list[str] = Field(
         default_factory=lambda: ["tensorboard"], description="tensorboard (default), wandb (opt-in), or [] for none")
+    analysis_runs: bool = Field(
+        False, description="notebook 02 also trains the runs the analyses name, from these parameters: "
+        "analysis.cit_run with contrastive off, analysis.coin_run and each analysis.lambda_runs run with its lambda "
+        "(how smoke.yaml gets a CIT and a COIN run that differ)")
 
 
 class EvaluateParams(_Section):
@@ -187,6 +191,33 @@ class Params(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(by_alias=True, exclude={"base"}), sort_keys=False)
+
+    def runs_to_train(self) -> list["Params"]:
+        """This run, then with ``train.analysis_runs`` each run the analyses name that is neither this run nor
+        ``base``: ``analysis.cit_run`` (``train.contrastive`` off), ``analysis.coin_run`` and every
+        ``analysis.lambda_runs`` run (contrastive on, ``train.lambda`` = its key); all else as here."""
+        if not self.train.analysis_runs:
+            return [self]
+        a = self.analysis
+        wanted: dict[str, dict[str, Any]] = {}
+        if a.cit_run:
+            wanted[a.cit_run] = {"contrastive": False}
+        if a.coin_run:
+            wanted.setdefault(a.coin_run, {"contrastive": True})
+        for lam, name in a.lambda_runs.items():
+            try:
+                wanted.setdefault(name, {"contrastive": True, "lambda": float(lam)})
+            except ValueError:
+                raise ParamsError(f"analysis.lambda_runs: key {lam!r} is not a number; use e.g. '1000'") from None
+        out = [self]
+        for name, train in wanted.items():
+            if name in ("base", self.run.name):
+                continue
+            values = self.model_dump(by_alias=True, exclude={"base"})
+            values["run"]["name"] = name
+            values["train"].update(train, analysis_runs=False)
+            out.append(validate({"base": None, **values}, f"analysis run {name!r} derived from {self.run.name!r}"))
+        return out
 
 
 def _repo_path(p: str) -> Path:
