@@ -32,6 +32,12 @@ def test_default_base_is_smoke_and_sections_merge_deeply(tmp_path):
     assert p.model.name == smoke.model.name
 
 
+def test_a_files_lambda_sweep_replaces_the_bases(tmp_path):
+    p = load_params(write(tmp_path, "x.yaml", "run: {name: x}\nanalysis: {lambda_runs: {'10': ten}}\n"))
+    assert p.analysis.lambda_runs == {"10": "ten"}  # smoke.yaml's runs are not merged in
+    assert p.analysis.cit_run == load_params(PARAMS_DIR / "smoke.yaml").analysis.cit_run  # other keys still are
+
+
 def test_base_chain_relative_to_including_file(tmp_path):
     write(tmp_path, "a.yaml", "base: null\nrun: {name: a, seed: 7}\nmodel: {name: m/n}\n")
     write(tmp_path, "b.yaml", "base: a.yaml\nrun: {name: b}\n")

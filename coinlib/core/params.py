@@ -266,11 +266,16 @@ def _merged_raw(values: dict[str, Any], where: str, relative_to: Path | None, se
     return deep_merge(parent, {k: v for k, v in values.items() if k != "base"})
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` over ``base``, recursing into mappings."""
+#: Mapping-valued keys a file gives in full: replaced, never merged with the base's (a sweep names all its runs).
+REPLACED_WHOLE = {("analysis", "lambda_runs")}
+
+
+def deep_merge(base: dict, override: dict, _path: tuple[str, ...] = ()) -> dict:
+    """``override`` over ``base``, recursing into mappings (except the keys of :data:`REPLACED_WHOLE`)."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and (*_path, k) not in REPLACED_WHOLE
+        out[k] = deep_merge(out[k], v, (*_path, k)) if nested else v
     return out
 
 
