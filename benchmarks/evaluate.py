@@ -21,7 +21,12 @@ from coinlib.core.models import load_model
 from coinlib.core.params import ModelParams
 from coinlib.core.promptsets import load_prompt_set, select
 from coinlib.core.tasks import get_task, load_task
-from coinlib.evaluate.scoring import format_input, parse_label, plain_greedy, score_instruction
+from coinlib.evaluate.scoring import (
+    format_input,
+    parse_label,
+    plain_greedy,
+    score_instruction,
+)
 
 
 def main() -> None:
@@ -55,7 +60,7 @@ def main() -> None:
     for name, kwargs in runs:
         start, preds = time.perf_counter(), {}
         for t, g, i in units:
-            out = score_instruction(model, tok, prompts[g][t][i], data[t]["content"].tolist(), get_task(t).labels,
+            out = score_instruction(model, tok, prompts[g][t][i], data[t]["content"].tolist(), get_task(t),
                                     args.format, batch_size=args.batch_size, **kwargs)
             preds[(t, g, i)] = [o.prediction for o in out]
         rates[name] = len(units) * args.instances / (time.perf_counter() - start)
@@ -64,7 +69,7 @@ def main() -> None:
     start, plain = time.perf_counter(), {}
     for t, g, i in units:
         texts = [format_input(prompts[g][t][i], c, args.format, tok) for c in data[t]["content"][:n_plain]]
-        plain[(t, g, i)] = [parse_label(plain_greedy(model, tok, x, args.format), get_task(t).labels) for x in texts]
+        plain[(t, g, i)] = [parse_label(plain_greedy(model, tok, x, args.format), get_task(t)) for x in texts]
     rates["plain_loop"] = len(units) * n_plain / (time.perf_counter() - start)
     print(f"  plain_loop: {rates['plain_loop']:.2f} instances/s", flush=True)
 

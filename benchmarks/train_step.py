@@ -38,7 +38,12 @@ def _setup(model_name: str, entries: int = ENTRIES):
     from coinlib.core.params import load_params
     from coinlib.data.pairs import load_or_build
     from coinlib.train.batching import PairCollator, encode_entries
-    from coinlib.train.trainer import CoinTrainer, prepare_model, training_arguments, uses_row_negatives
+    from coinlib.train.trainer import (
+        CoinTrainer,
+        prepare_model,
+        training_arguments,
+        uses_row_negatives,
+    )
 
     P = load_params("params/smoke.yaml")
     data = load_or_build(P, progress=False).select(range(entries))

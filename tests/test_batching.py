@@ -7,7 +7,15 @@ import torch
 from entries_helper import make_entries
 
 from coinlib.core.formats import train_text
-from coinlib.train.batching import IGNORE, PairCollator, PairSampler, encode_entries, encode_pair, micro_batch_order
+from coinlib.train.batching import (
+    IGNORE,
+    PairCollator,
+    PairSampler,
+    encode_entries,
+    encode_pair,
+    micro_batch_order,
+    token_lengths,
+)
 
 
 def test_encode_pair_default_has_no_eos_and_labels_cover_the_target(smol_tokenizer):
@@ -61,6 +69,20 @@ def test_group_by_task_fills_micro_batches_with_one_task():
     sampler = PairSampler(tasks, 2, seed=3, group_by_task=True)
     sampler.set_epoch(1)
     assert list(sampler) == micro_batch_order(tasks, 2, 3, epoch=1, group_by_task=True)
+
+
+def test_token_lengths_are_the_lengths_training_encodes(smol_tokenizer):
+    """Notebook 01's statistics: the sequences encode_entries gives the trainer (special tokens, truncation)."""
+    entries = make_entries(4)
+    cut, full = token_lengths(entries, smol_tokenizer, 24), token_lengths(entries, smol_tokenizer, 512)
+    enc = encode_entries(entries, smol_tokenizer, 24)
+    assert list(cut.columns) == ["task", "original", "positive", "negative", "truncated"]
+    assert cut["task"].tolist() == entries["task"]
+    for name, col in (("original", "orig_ids"), ("positive", "pos_ids"), ("negative", "neg_ids")):
+        assert cut[name].tolist() == [len(ids) for ids in enc[col]]
+        assert (cut[name] <= 24).all()
+    assert cut["truncated"].all() and not full["truncated"].any()
+    assert (full["original"] > 24).all()  # the untruncated sequences are longer than the cutoff
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

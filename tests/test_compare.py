@@ -33,7 +33,7 @@ def test_identical_models_differ_by_exactly_zero():
     cells = {("sst2", "clean"): grid, ("sst2", "checklist"): 1 - grid}
     out = paired_bootstrap(_predictions({"a": cells, "b": cells}), "a", "b", n_boot=200)
     assert list(out.columns) == COMPARE_COLUMNS and list(out["group"]) == ["clean", "checklist", "average"]
-    assert (out[["acc_diff", "acc_diff_low", "acc_diff_high", "instr_std_diff"]] == 0).all().all()
+    assert (out[["acc_diff", "acc_diff_low", "acc_diff_high", "std_diff"]] == 0).all().all()
     assert (out["p_better"] == 0).all()
 
 
@@ -49,8 +49,10 @@ def test_known_accuracy_and_std_differences():
     # the sst2 difference is 0.5 on every instance, so every resample gives exactly 0.25
     assert row["acc_diff_low"] == pytest.approx(0.25) and row["acc_diff_high"] == pytest.approx(0.25)
     assert row["p_better"] == 1.0
-    assert row["instr_std_a"] == pytest.approx(0.0) and row["instr_std_b"] == pytest.approx(0.25)
-    assert row["instr_std_diff"] == pytest.approx(-0.25)
+    # std pooled over tasks = population std of all per-instruction accuracies (not the mean of per-task stds,
+    # which would give 0 and 0.25): a {1, 1, .5, .5} -> 0.25; b {1, 0, .5, .5} -> sqrt((.25 + .25) / 4)
+    assert row["std_a"] == pytest.approx(0.25) and row["std_b"] == pytest.approx(np.sqrt(0.125))
+    assert row["std_diff"] == pytest.approx(0.25 - np.sqrt(0.125))
     assert row["n_tasks"] == 2 and row["n_instances"] == 8
 
 
@@ -75,6 +77,8 @@ def test_average_pools_the_groups():
     out = paired_bootstrap(_predictions({"a": a, "b": b}), "a", "b", n_boot=50).set_index("group")
     assert out.loc["clean", "acc_diff"] == 1 and out.loc["semantic", "acc_diff"] == 0
     assert out.loc["average", "acc_diff"] == pytest.approx(0.5)
+    # per-instruction accuracies of a: 1, 1 (clean), 0, 0 (semantic): pooled std 0.5 (the mean of group stds is 0)
+    assert out.loc["average", "std_a"] == pytest.approx(0.5) and out.loc["average", "std_diff"] == pytest.approx(0.5)
 
 
 def test_models_on_different_samples_are_refused():

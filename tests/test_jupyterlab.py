@@ -120,9 +120,9 @@ def _text(root, css: str) -> str:
 
 @pytest.mark.parametrize("nb", [nb.name for nb in pipeline.notebooks()])
 def test_notebook_runs_in_jupyterlab(nb, lab, browser):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, token = lab

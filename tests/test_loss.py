@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from coinlib.train.loss import coin_loss, contrastive_weight, info_nce, symmetric_info_nce
+from coinlib.train.loss import (
+    coin_loss,
+    contrastive_weight,
+    info_nce,
+    symmetric_info_nce,
+)
 
 
 def _e(deg: float) -> list[float]:

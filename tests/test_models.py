@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from coinlib.core.models import ModelUnavailable, load_model, offline_model_dir, resolve_model, tiny_llama
+from coinlib.core.models import (
+    ModelUnavailable,
+    load_model,
+    offline_model_dir,
+    resolve_model,
+    tiny_llama,
+)
 from coinlib.core.params import ModelParams
 
 

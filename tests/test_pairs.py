@@ -7,7 +7,7 @@ import json
 import pytest
 
 from coinlib.core.params import validate
-from coinlib.core.sampling import sample_indices
+from coinlib.core.tasks import sample_indices
 from coinlib.data import pairs
 from coinlib.data.flan import load_templates, render
 
@@ -169,3 +169,14 @@ def test_build_fails_on_leak_and_on_small_holdout(tmp_path):
 def test_hub_unreachable_is_a_named_skip(flan_templates):
     got = pairs.load_pools(["cola"], "hub", 300, flan_templates)  # tests force HF_HUB_OFFLINE
     assert not got.pools and got.skips[0].task == "cola" and "HF_HUB_OFFLINE" in got.skips[0].reason
+
+
+def test_format_entry_shows_each_sequence_with_its_ids():
+    entry = dict(entry_id=7, task="rte", template_id=2, pos_template_id=5, instance_id="rte/0/3",
+                 neg_instance_id="rte/0/9", prompt="P?", target="yes", pos_prompt="Q?", neg_prompt="R?",
+                 neg_target="no")
+    assert pairs.format_entry(entry) == (
+        "=== entry 7 | task rte | templates 2 -> 5\n"
+        "--- original  [rte/0/3]\nP?\n>>> yes\n"
+        "--- positive  [rte/0/3]\nQ?\n>>> yes\n"
+        "--- negative  [rte/0/9]\nR?\n>>> no\n")

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from coinlib.core.params import PARAMS_DIR, Params, ParamsError, deep_merge, load_params, notebook_params
+from coinlib.core.params import (
+    PARAMS_DIR,
+    Params,
+    ParamsError,
+    deep_merge,
+    load_params,
+    notebook_params,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -30,6 +37,12 @@ def test_default_base_is_smoke_and_sections_merge_deeply(tmp_path):
     # untouched keys of a touched section come from the base, not the schema default
     assert p.train.max_steps == smoke.train.max_steps
     assert p.model.name == smoke.model.name
+
+
+def test_a_files_lambda_sweep_replaces_the_bases(tmp_path):
+    p = load_params(write(tmp_path, "x.yaml", "run: {name: x}\nanalysis: {lambda_runs: {'10': ten}}\n"))
+    assert p.analysis.lambda_runs == {"10": "ten"}  # smoke.yaml's runs are not merged in
+    assert p.analysis.cit_run == load_params(PARAMS_DIR / "smoke.yaml").analysis.cit_run  # other keys still are
 
 
 def test_base_chain_relative_to_including_file(tmp_path):
@@ -101,3 +114,20 @@ def test_deep_merge_does_not_mutate_inputs():
     base = {"a": {"b": 1, "c": 2}}
     out = deep_merge(base, {"a": {"b": 3}})
     assert out == {"a": {"b": 3, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
+
+
+def test_smoke_trains_a_cit_and_a_coin_run_that_differ():
+    """notebook 02 trains every run of the smoke's analyses, so 05 and 06 compare runs that really differ."""
+    runs = {Q.run.name: Q for Q in load_params(PARAMS_DIR / "smoke.yaml").runs_to_train()}
+    assert list(runs) == ["smoke", "smoke-cit", "smoke-lambda1"]
+    assert [runs[n].train.contrastive for n in runs] == [True, False, True]
+    assert [runs[n].train.lambda_ for n in runs] == [1000.0, 1000.0, 1.0]
+    assert not any(runs[n].train.analysis_runs for n in ("smoke-cit", "smoke-lambda1"))
+    # apart from name, contrastive and lambda the runs share every setting (the same data, recipe and seed)
+    strip = lambda Q: {**Q.model_dump(), "run": {**Q.model_dump()["run"], "name": ""},  # noqa: E731
+                       "train": {k: v for k, v in Q.model_dump()["train"].items()
+                                 if k not in ("contrastive", "lambda_", "analysis_runs")}}
+    assert strip(runs["smoke-cit"]) == strip(runs["smoke"]) == strip(runs["smoke-lambda1"])
+    assert runs["smoke-cit"].data_dir == runs["smoke"].data_dir
+    # files that name their runs' own parameter files train only themselves
+    assert [Q.run.name for Q in load_params(PARAMS_DIR / "cpu-mini.yaml").runs_to_train()] == ["cpu-mini"]

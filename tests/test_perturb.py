@@ -11,15 +11,30 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from coinlib.core.tasks import label_words
 from coinlib.perturb import LEVELS, perturb_instruction, protected_terms
 from coinlib.perturb.attack import greedy_attack
 from coinlib.perturb.character import OPERATIONS, char_edit, perturb_characters
-from coinlib.perturb.importance import format_input, label_scorer, loo_importance, word_order
-from coinlib.perturb.promptset import build_prompt_set, clean_instructions, write_prompt_set
-from coinlib.perturb.semantic import RephraseRejected, clean_output, rephrase, required_terms
+from coinlib.perturb.importance import (
+    format_input,
+    label_scorer,
+    loo_importance,
+    word_order,
+)
+from coinlib.perturb.promptset import (
+    build_prompt_set,
+    clean_instructions,
+    write_prompt_set,
+)
+from coinlib.perturb.semantic import (
+    RephraseRejected,
+    clean_output,
+    rephrase,
+    required_terms,
+)
 from coinlib.perturb.sentence import checklist_suffix, stresstest_suffix
 from coinlib.perturb.synonyms import acceptable_synonym
-from coinlib.perturb.tokens import LABEL_WORDS, STOPWORDS, editable_positions, tokenize
+from coinlib.perturb.tokens import STOPWORDS, editable_positions, tokenize
 from coinlib.perturb.word import perturb_words
 
 WORD_RE = re.compile(r"[A-Za-z]+(?:_[A-Za-z]+)*")
@@ -335,7 +350,7 @@ def test_every_paper_prompt_keeps_its_protected_spans(paper_prompts, level):
         after = [t.text for t in tokenize(out, prot) if t.kind == "protected"]
         # the suffix levels may add words of their own ("and true is true") after the kept spans
         assert (after[: len(before)] if level == "stresstest" else after) == before, (task, text, out)
-        assert any(lab in out.lower() for lab in LABEL_WORDS[task])
+        assert any(lab in out.lower() for lab in label_words(task))
         if level != "word":
             assert out != text
 
@@ -354,7 +369,9 @@ def test_prompt_set_is_deterministic_and_records_sources(paper_prompts, tmp_path
         assert a["source"]["clean_source"][group] == clean
     path = write_prompt_set(a, tmp_path / "set.json")
     assert json.loads(path.read_text()) == a and not list(tmp_path.glob("*.tmp"))
-    from coinlib.core.promptsets import load_prompt_set  # the evaluation reads it: groups only, metadata dropped
+    from coinlib.core.promptsets import (
+        load_prompt_set,  # the evaluation reads it: groups only, metadata dropped
+    )
 
     loaded = load_prompt_set(path)
     assert {g: loaded[g][t] for g in ("clean", "checklist") for t in ("sst2",)} == \

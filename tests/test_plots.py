@@ -12,7 +12,13 @@ from matplotlib.colors import to_hex
 
 from coinlib.results import plots as figures
 from coinlib.results import tables as report
-from coinlib.results.plots import ROLE_COLORS, figure3_data, plot_figure3, read_log, save_training_curves
+from coinlib.results.plots import (
+    ROLE_COLORS,
+    figure3_data,
+    plot_figure3,
+    read_log,
+    save_training_curves,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +82,8 @@ def test_umap_figure_one_panel_per_role():
 def test_paired_difference_points_sit_at_the_estimates_in_points():
     paired = pd.DataFrame({
         "group": ["clean", "average"], "model_a": "coin", "model_b": "cit", "acc_diff": [0.02, -0.01],
-        "acc_diff_low": [0.0, -0.03], "acc_diff_high": [0.05, 0.01], "instr_std_diff": [-0.04, 0.0],
-        "instr_std_diff_low": [-0.06, -0.02], "instr_std_diff_high": [-0.01, 0.02], "n_tasks": 2, "n_instances": 40,
+        "acc_diff_low": [0.0, -0.03], "acc_diff_high": [0.05, 0.01], "std_diff": [-0.04, 0.0],
+        "std_diff_low": [-0.06, -0.02], "std_diff_high": [-0.01, 0.02], "n_tasks": 2, "n_instances": 40,
     })
     fig = figures.plot_paired_difference(paired)
     acc, std = fig.axes
@@ -110,7 +116,6 @@ def test_figure3_bars_in_role_order_and_colours():
     plt.close(fig)
 
 
-@pytest.mark.xfail(strict=True, reason="Figure 3 std becomes pooled (issue 12 point 3)")
 def test_figure3_std_is_pooled_over_tasks():
     """Figure 3's std is Table 3's "Average": the std of all instructions' accuracies pooled over tasks, which
     differs from the mean of the per-task stds when task means differ."""
@@ -123,6 +128,21 @@ def test_figure3_std_is_pooled_over_tasks():
     acc, std = plot_figure3(figure3_data(summary)).axes
     assert [p.get_height() for p in acc.patches] == pytest.approx([100 * np.mean([0.5, 0.7, 0.2, 0.2, 0.9, 0.6])])
     assert [p.get_height() for p in std.patches] == pytest.approx([pooled])
+
+
+def test_figure3_std_is_the_pooled_std_of_the_tables():
+    """Tasks with different accuracies: the pooled std (population std of all per-instruction accuracies) differs
+    from the mean of per-task stds, and Figure 3 shows the pooled one, as the tables (results.md) do."""
+    # sst2: instructions at 0.9 and 0.7 (mean 0.8, std 0.1); rte: 0.5 and 0.3 (mean 0.4, std 0.1)
+    summary = pd.DataFrame({"model": "m", "task": ["sst2", "rte"], "group": "clean", "mean_acc": [0.8, 0.4],
+                            "std_acc": [0.1, 0.1]})
+    row = figure3_data(summary).iloc[0]
+    assert row["mean_acc"] == pytest.approx(0.6)
+    assert row["std_acc"] == pytest.approx(np.std([0.9, 0.7, 0.5, 0.3]))  # 0.2236, not the mean of stds 0.1
+    from coinlib.results.report import group_table
+
+    cell = group_table(summary.assign(model="base"), {"base": "base"}, "m").set_index("group").iloc[0, -1]
+    assert cell == f"60.0 ± {100 * np.std([0.9, 0.7, 0.5, 0.3]):.1f}"
 
 
 def test_figure3_without_roles_keeps_the_summary_order():

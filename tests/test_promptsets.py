@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 import coinlib.core.promptsets as prompts
-from coinlib.core.params import EVAL_GROUPS, GLUE_TASKS
+from coinlib.core.params import EVAL_GROUPS
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
+from coinlib.core.tasks import GLUE_TASKS
 
 
 def test_paper_set_has_five_groups_of_six_for_every_glue_task(mirror):

@@ -14,7 +14,13 @@ import yaml
 import coinlib.evaluate.runner as ev
 from coinlib.core.params import validate
 from coinlib.evaluate.metrics import SUMMARY_COLUMNS
-from coinlib.evaluate.runner import PREDICTION_COLUMNS, EvaluationError, Unit, run_evaluation, shard
+from coinlib.evaluate.runner import (
+    PREDICTION_COLUMNS,
+    EvaluationError,
+    Unit,
+    run_evaluation,
+    shard,
+)
 from coinlib.evaluate.scoring import score_instruction
 
 KEY = ["model", "task", "group", "instruction_id", "instance_id"]

@@ -77,6 +77,41 @@ def test_parse_prefers_the_longer_label_word():
     assert parse_label("yes, and", ("yes", "yes_and")) == "yes"
 
 
+# Raw outputs scored per task as the reference scores them (promptbench/config.py and inference.py of
+# luka-group/CoIN): lowercase, strip punctuation and spaces, first accepted answer the text starts with, else
+# unparseable (""). SST-2, QNLI, RTE and WNLI accept the label ids' digits; WNLI's "1" is entailment.
+RAW = ["Positive.", "0", "1", " not_entailment", "neutral!", "", "Equivalent", "unacceptable", "10", "2"]
+EXPECTED = {  # one column per RAW entry, written by hand
+    "sst2": ["positive", "negative", "positive", "", "", "", "", "", "positive", ""],
+    "cola": ["", "", "", "", "", "", "", "unacceptable", "", ""],
+    "mnli": ["", "", "", "", "neutral", "", "", "", "", ""],
+    "mnli_matched": ["", "", "", "", "neutral", "", "", "", "", ""],
+    "mnli_mismatched": ["", "", "", "", "neutral", "", "", "", "", ""],
+    "mrpc": ["", "", "", "", "", "", "equivalent", "", "", ""],
+    "qqp": ["", "", "", "", "", "", "equivalent", "", "", ""],
+    "qnli": ["", "entailment", "not_entailment", "not_entailment", "", "", "", "", "not_entailment", ""],
+    "rte": ["", "entailment", "not_entailment", "not_entailment", "", "", "", "", "not_entailment", ""],
+    "wnli": ["", "not_entailment", "entailment", "not_entailment", "", "", "", "", "entailment", ""],
+}
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_parse_per_task_as_the_reference(task):
+    from coinlib.core.tasks import get_task
+
+    assert [parse_label(raw, get_task(task)) for raw in RAW] == EXPECTED[task]
+
+
+def test_parse_deletes_the_references_markers_and_waits_for_them():
+    from coinlib.core.tasks import get_task
+
+    sst2 = get_task("sst2")
+    assert parse_label("</s>Positive<pad>", sst2) == "positive"
+    assert answer_decided("0", sst2) and not answer_decided(" ", sst2)
+    assert not answer_decided("posi<", sst2)  # "<" may start "<pad>", whose deletion would complete "positive"
+    assert answer_decided("posix", sst2)
+
+
 @pytest.mark.parametrize("text, decided", [
     ("", False), ("\n\n", False), ("not_", False), ("Entail", False),
     ("entailment", True), ("not_entailment", True), ("The", True), ("no", False), ("nope", True),

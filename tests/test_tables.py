@@ -44,7 +44,7 @@ def test_table1_is_recomputed_from_table3():
     for (model, cat), row in published.iterrows():
         got = cats.loc[(model, cat)]
         assert abs(got["mean_acc"] - row["mean_acc"]) <= 0.0006, (model, cat)  # rounding of the printed numbers
-        assert abs(got["std_acc"] - row["std_acc"]) <= 0.0007, (model, cat)
+        assert abs(got["mean_task_std"] - row["std_acc"]) <= 0.0007, (model, cat)
     assert (cats["n_groups"] == 5).all()
     assert cats.loc[("cit", "nli"), "tasks"] == "mnli mnli_matched mnli_mismatched qnli rte wnli"
 
@@ -79,8 +79,8 @@ def test_task_categories_known_answer():
     ])
     got = report.task_categories(s).set_index("category")
     assert list(got.index) == ["sentiment", "paraphrase", "nli"]  # Table 1 order; stsb has no category
-    assert got.loc["sentiment", ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.8, 0.03])
-    assert got.loc["paraphrase", ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.5, 0.15])
+    assert got.loc["sentiment", ["mean_acc", "mean_task_std"]].tolist() == pytest.approx([0.8, 0.03])
+    assert got.loc["paraphrase", ["mean_acc", "mean_task_std"]].tolist() == pytest.approx([0.5, 0.15])
     assert got.loc["sentiment", "n_groups"] == 2 and got.loc["paraphrase", "tasks"] == "mrpc qqp"
 
 
@@ -89,9 +89,10 @@ def test_category_comparison_matches_paper_to_our_coverage_and_adds_delta():
     ours["role"] = ["cit", "coin"]
     comp = report.category_comparison(ours, "tiny-model").set_index(["source", "role"])
     # paper restricted to SST-2 / clean: Table 3's CIT 90.1 ± 2.4 and COIN 91.4 ± 0.7
-    assert comp.loc[("paper", "cit"), ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.901, 0.024])
-    assert comp.loc[("paper", "coin - cit"), ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.013, -0.017])
-    assert comp.loc[("ours", "coin - cit"), ["mean_acc", "std_acc"]].tolist() == pytest.approx([0.25, -0.05])
+    cols = ["mean_acc", "mean_task_std"]
+    assert comp.loc[("paper", "cit"), cols].tolist() == pytest.approx([0.901, 0.024])
+    assert comp.loc[("paper", "coin - cit"), cols].tolist() == pytest.approx([0.013, -0.017])
+    assert comp.loc[("ours", "coin - cit"), cols].tolist() == pytest.approx([0.25, -0.05])
     assert set(comp["model"]) == {"Alpaca-7B", "tiny-model"}
     with pytest.raises(ValueError, match=r"none of the evaluated tasks \(boolq\)"):
         report.category_comparison(ours.assign(task="boolq"), "tiny-model")

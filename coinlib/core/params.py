@@ -19,11 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from coinlib.core.sources import REPO_ROOT, source_key
+from coinlib.core.tasks import task_names
 
 PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
 SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
-GLUE_TASKS = ["cola", "mnli", "mnli_matched", "mnli_mismatched", "mrpc", "qnli", "qqp", "rte", "sst2", "wnli"]
 EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
 ALL_GROUPS = "average"  # group label of rows pooled over every group
 
@@ -83,7 +83,7 @@ class DataParams(_Section):
         "none", description="per-task entry cap: none, or the paper's Table 2 counts"
     )
     eval_holdout: int = Field(
-        300, ge=0, description="rows of the evaluation sample (coinlib.core.sampling) kept out of training pools "
+        300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks) kept out of training pools "
         "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
     )
     extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
@@ -135,12 +135,16 @@ class TrainParams(_Section):
     save_total_limit: Optional[int] = Field(3, ge=1, description="checkpoints kept (oldest deleted); null = all")
     report_to: list[str] = Field(
         default_factory=lambda: ["tensorboard"], description="tensorboard (default), wandb (opt-in), or [] for none")
+    analysis_runs: bool = Field(
+        False, description="notebook 02 also trains the runs the analyses name, from these parameters: "
+        "analysis.cit_run with contrastive off, analysis.coin_run and each analysis.lambda_runs run with its lambda "
+        "(how smoke.yaml gets a CIT and a COIN run that differ)")
 
 
 class EvaluateParams(_Section):
     """Robustness evaluation on GLUE with instruction variants."""
 
-    tasks: list[str] = Field(default_factory=lambda: list(GLUE_TASKS))
+    tasks: list[str] = Field(default_factory=task_names, description="evaluation tasks (coinlib.core.tasks)")
     n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
@@ -199,6 +203,33 @@ class Params(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(by_alias=True, exclude={"base"}), sort_keys=False)
 
+    def runs_to_train(self) -> list["Params"]:
+        """This run, then with ``train.analysis_runs`` each run the analyses name that is neither this run nor
+        ``base``: ``analysis.cit_run`` (``train.contrastive`` off), ``analysis.coin_run`` and every
+        ``analysis.lambda_runs`` run (contrastive on, ``train.lambda`` = its key); all else as here."""
+        if not self.train.analysis_runs:
+            return [self]
+        a = self.analysis
+        wanted: dict[str, dict[str, Any]] = {}
+        if a.cit_run:
+            wanted[a.cit_run] = {"contrastive": False}
+        if a.coin_run:
+            wanted.setdefault(a.coin_run, {"contrastive": True})
+        for lam, name in a.lambda_runs.items():
+            try:
+                wanted.setdefault(name, {"contrastive": True, "lambda": float(lam)})
+            except ValueError:
+                raise ParamsError(f"analysis.lambda_runs: key {lam!r} is not a number; use e.g. '1000'") from None
+        out = [self]
+        for name, train in wanted.items():
+            if name in ("base", self.run.name):
+                continue
+            values = self.model_dump(by_alias=True, exclude={"base"})
+            values["run"]["name"] = name
+            values["train"].update(train, analysis_runs=False)
+            out.append(validate({"base": None, **values}, f"analysis run {name!r} derived from {self.run.name!r}"))
+        return out
+
 
 def _repo_path(p: str) -> Path:
     path = Path(p)
@@ -249,11 +280,16 @@ def _merged_raw(values: dict[str, Any], where: str, relative_to: Path | None, se
     return deep_merge(parent, {k: v for k, v in values.items() if k != "base"})
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` over ``base``, recursing into mappings."""
+#: Mapping-valued keys a file gives in full: replaced, never merged with the base's (a sweep names all its runs).
+REPLACED_WHOLE = {("analysis", "lambda_runs")}
+
+
+def deep_merge(base: dict, override: dict, _path: tuple[str, ...] = ()) -> dict:
+    """``override`` over ``base``, recursing into mappings (except the keys of :data:`REPLACED_WHOLE`)."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and (*_path, k) not in REPLACED_WHOLE
+        out[k] = deep_merge(out[k], v, (*_path, k)) if nested else v
     return out
 
 

@@ -32,13 +32,12 @@ from typing import Any
 import yaml
 
 from coinlib.core.sources import load_json_artifact
+from coinlib.core.tasks import prompt_aliases
 
 PromptSet = dict[str, dict[str, list[str]]]
 PLACEHOLDER = re.compile(r"{\w*}")
 
 NAMED_SETS = ("coin_eval_prompts", "promptbench_prompts")
-#: Tasks that reuse another task's instructions when the set has none of their own.
-TASK_ALIASES = {"mnli_matched": "mnli", "mnli_mismatched": "mnli"}
 _METADATA_KEYS = {"source", "license", "tasks"}
 #: Mirror key of the PromptBench prompts the paper's code vendors (the online origin is that same file).
 _PROMPTBENCH_KEY = "coin_vendored_task_oriented"
@@ -133,7 +132,7 @@ def _validate(raw: dict[str, Any], where: str) -> PromptSet:
 
 def _with_aliases(prompts: PromptSet) -> PromptSet:
     for tasks in prompts.values():
-        for alias, source in TASK_ALIASES.items():
+        for alias, source in prompt_aliases().items():
             if alias not in tasks and source in tasks:
                 tasks[alias] = list(tasks[source])
     return prompts

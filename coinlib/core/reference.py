@@ -6,7 +6,7 @@
     model   base (Alpaca baseline), cit (continual instruction tuning), coin
     lambda  COIN's lambda (1000 in Tables 1 and 3), empty for base and cit
     group   clean, deepwordbug, textfooler, checklist, semantic; "all" in Table 1
-    task    GLUE task (coinlib.core.params.GLUE_TASKS names) or "average" (the tables' Average column);
+    task    GLUE task (coinlib.core.tasks.GLUE_TASKS names) or "average" (the tables' Average column);
             in Table 1 a task category (sentiment, grammar, paraphrase, nli)
     acc_pct, std_pct   mean accuracy and std over the six instructions (percent)
 

@@ -1,81 +1,254 @@
-"""The 10 GLUE evaluation tasks: label words, content formats and validation rows (paper section 4.3)."""
+"""The evaluation task registry and the shared evaluation sample (paper section 4.3).
+
+:data:`TASKS` is the one place that knows an evaluation task: where its rows live (dataset, config and split(s)),
+how a row becomes text, its label words, the answers the paper's scoring accepts for each label, the task whose
+instructions a prompt set lends it, and its Table 1 category. Parameters (default task list), prompt sets
+(aliases), the data build (evaluation holdout), perturbations (protected label words), scoring (label parsing)
+and the tables (categories) all read it, so adding a task is one :func:`register` call (or one entry below).
+
+The sample: every prompt, group and model is evaluated on the same rows, the first ``n`` positions of a fixed
+permutation (seed :data:`EVAL_SAMPLE_SEED`) of the task's rows; samples are nested (the sample of ``n`` rows is in
+the sample of any ``m >= n`` rows). A task with several splits samples their concatenation, in the listed order.
+Training pools that can only come from an evaluated split (QNLI, MNLI, QQP in the offline mirror) exclude every
+row that the sample of ``P.data.eval_holdout`` rows of any task uses (:func:`held_out_rows`), so an evaluation with
+``n_per_task <= eval_holdout`` is disjoint from training.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import string
 from dataclasses import dataclass
-from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from coinlib.core.sampling import EVAL_SAMPLE_SEED, eval_split, sample_indices
 from coinlib.core.sources import load_split
+
+#: Seed of the evaluation sample; the same for every run, so every model sees the same instances.
+EVAL_SAMPLE_SEED = 0
+
+#: Table 1 (categories of Table 5): category key -> label, in the tables' order.
+CATEGORIES: dict[str, str] = {
+    "sentiment": "Sentiment Analysis",
+    "grammar": "Grammar Correctness",
+    "paraphrase": "Paraphrase Identification",
+    "nli": "Natural Language Inference",
+}
+
+Split = tuple[str, str, str]  # (dataset key of coinlib.core.sources.DATASETS, config, split)
 
 
 @dataclass(frozen=True)
-class GlueTask:
-    """One evaluation task: where its validation rows live and how an instance becomes text."""
+class EvalTask:
+    """One evaluation task.
+
+    ``answers`` are the lowercased answer texts the paper's generate-mode scoring accepts, each with the label id
+    it stands for, in the order it tries them (the first one the cleaned answer starts with wins). By default each
+    label word accepts itself.
+    """
 
     name: str
+    splits: tuple[Split, ...]  # concatenated in this order
     labels: tuple[str, ...]  # label word per label id
-    content: Callable[[dict], str]
+    content_format: str  # str.format over a row's fields
+    category: str | None = None  # key of CATEGORIES, None = outside Table 1
+    answers: tuple[tuple[str, int], ...] = ()
+    prompts_from: str | None = None  # task whose instructions a prompt set lends when it has none for this one
+    id_field: str = "idx"
+
+    def __post_init__(self):
+        problems = []
+        if not self.splits:
+            problems.append("splits is empty")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            problems.append(f"labels must be >= 2 distinct words, got {self.labels}")
+        fields = [f for _, f, _, _ in string.Formatter().parse(self.content_format) if f]
+        if not fields:
+            problems.append(f"content_format {self.content_format!r} names no row field")
+        if self.category is not None and self.category not in CATEGORIES:
+            problems.append(f"category {self.category!r} is not one of {list(CATEGORIES)} (or None)")
+        bad = [a for a in self.answers if not (a[0] == a[0].lower() and a[0] and 0 <= a[1] < len(self.labels))]
+        if bad:
+            problems.append(f"answers {bad} must be non-empty lowercase texts with a label id < {len(self.labels)}")
+        if problems:
+            raise ValueError(f"evaluation task {self.name!r}: " + "; ".join(problems))
+        if not self.answers:
+            object.__setattr__(self, "answers", tuple((w.lower(), i) for i, w in enumerate(self.labels)))
+
+    def content(self, row: dict) -> str:
+        """The instance text the instruction is followed by (the paper's per-task format)."""
+        return self.content_format.format(**row)
 
     def label_word(self, label_id: int) -> str:
         return self.labels[label_id]
 
+    @property
+    def digest(self) -> str:
+        """Short hash of everything that decides this task's predictions (rows, text, labels, accepted answers)."""
+        key = repr((self.splits, self.labels, self.content_format, self.answers, self.id_field))
+        return hashlib.sha256(key.encode()).hexdigest()[:8]
 
-def _sentence(r: dict) -> str:
-    return r["sentence"]
+    @property
+    def accepted(self) -> tuple[tuple[str, str], ...]:
+        """``answers`` with label words instead of ids: ``(answer text, label word)`` in matching order."""
+        return tuple((text, self.labels[i]) for text, i in self.answers)
 
 
-def _pair(first: str, second: str, a: str, b: str) -> Callable[[dict], str]:
-    def fmt(r: dict) -> str:
-        return f"{first}: {r[a]} {second}: {r[b]}"
-
-    return fmt
+def _glue(config: str, split: str = "validation") -> Split:
+    return ("glue", config, split)
 
 
 _NLI3 = ("entailment", "neutral", "contradiction")
-_MNLI = _pair("Premise", "Hypothesis", "premise", "hypothesis")
-_SENTS = _pair("Sentence 1", "Sentence 2", "sentence1", "sentence2")
+_PREMISE = "Premise: {premise} Hypothesis: {hypothesis}"
+_SENTENCES = "Sentence 1: {sentence1} Sentence 2: {sentence2}"
+# The paper's scoring (luka-group/CoIN, promptbench/config.py LABEL_SET / LABEL_TO_ID): SST-2, QNLI, RTE and WNLI
+# also accept the digits of the label ids; its quoted variants ("positive'") never match first, so they are left out.
+_DIGITS = (("0", 0), ("1", 1))
+_ENTAIL = (("entailment", 0), ("not_entailment", 1), *_DIGITS)
+_EQUIV = (("equivalent", 1), ("not_equivalent", 0))
 
-TASKS: dict[str, GlueTask] = {t.name: t for t in [
-    GlueTask("cola", ("unacceptable", "acceptable"), _sentence),
-    GlueTask("mnli", _NLI3, _MNLI),
-    GlueTask("mnli_matched", _NLI3, _MNLI),
-    GlueTask("mnli_mismatched", _NLI3, _MNLI),
-    GlueTask("mrpc", ("not_equivalent", "equivalent"), _SENTS),
-    GlueTask("qnli", ("entailment", "not_entailment"), _pair("Question", "Context", "question", "sentence")),
-    GlueTask("qqp", ("not_equivalent", "equivalent"), _pair("Question 1", "Question 2", "question1", "question2")),
-    GlueTask("rte", ("entailment", "not_entailment"), _SENTS),
-    GlueTask("sst2", ("negative", "positive"), _sentence),
-    GlueTask("wnli", ("not_entailment", "entailment"), _SENTS),
+#: The registry: task name -> task. The paper's ten GLUE validation sets are built in.
+TASKS: dict[str, EvalTask] = {t.name: t for t in [
+    EvalTask("cola", (_glue("cola"),), ("unacceptable", "acceptable"), "{sentence}", "grammar",
+             (("unacceptable", 0), ("acceptable", 1))),
+    # The reference draws "mnli" from validation_matched and validation_mismatched together; the GLUE configs
+    # mnli_matched / mnli_mismatched hold exactly those rows (one split each), so the holdout sees one copy of them.
+    EvalTask("mnli", (_glue("mnli_matched"), _glue("mnli_mismatched")), _NLI3, _PREMISE, "nli"),
+    EvalTask("mnli_matched", (_glue("mnli_matched"),), _NLI3, _PREMISE, "nli", prompts_from="mnli"),
+    EvalTask("mnli_mismatched", (_glue("mnli_mismatched"),), _NLI3, _PREMISE, "nli", prompts_from="mnli"),
+    EvalTask("mrpc", (_glue("mrpc"),), ("not_equivalent", "equivalent"), _SENTENCES, "paraphrase", _EQUIV),
+    EvalTask("qnli", (_glue("qnli"),), ("entailment", "not_entailment"), "Question: {question} Context: {sentence}",
+             "nli", _ENTAIL),
+    EvalTask("qqp", (_glue("qqp"),), ("not_equivalent", "equivalent"),
+             "Question 1: {question1} Question 2: {question2}", "paraphrase", _EQUIV),
+    EvalTask("rte", (_glue("rte"),), ("entailment", "not_entailment"), _SENTENCES, "nli", _ENTAIL),
+    EvalTask("sst2", (_glue("sst2"),), ("negative", "positive"), "{sentence}", "sentiment",
+             (("positive", 1), ("negative", 0), *_DIGITS)),
+    # WNLI's label ids are the other way round: 1 = entailment (and the reference's "1" means entailment too).
+    EvalTask("wnli", (_glue("wnli"),), ("not_entailment", "entailment"), _SENTENCES, "nli",
+             (("entailment", 1), ("not_entailment", 0), *_DIGITS)),
 ]}
 
+#: The paper's evaluation tasks (the built-in entries), in the tables' order.
+GLUE_TASKS: tuple[str, ...] = tuple(TASKS)
 
-def get_task(name: str) -> GlueTask:
-    """The task spec; a clear error for unknown names."""
+
+def register(task: EvalTask, replace: bool = False) -> EvalTask:
+    """Add ``task`` to the registry (every stage sees it from then on); ``replace`` to redefine a name."""
+    if task.name in TASKS and not replace:
+        raise ValueError(f"evaluation task {task.name!r} is already registered; pass replace=True to redefine it")
+    if task.prompts_from is not None and task.prompts_from not in TASKS:
+        raise ValueError(f"task {task.name!r}: prompts_from {task.prompts_from!r} is not a registered task")
+    TASKS[task.name] = task
+    return task
+
+
+def unregister(name: str) -> None:
+    """Remove a registered task (a clear error for unknown names)."""
+    get_task(name)
+    del TASKS[name]
+
+
+def get_task(name: str) -> EvalTask:
+    """The registered task; a clear error for unknown names."""
     if name not in TASKS:
-        raise KeyError(f"unknown evaluation task {name!r}; known: {', '.join(sorted(TASKS))}")
+        raise KeyError(f"unknown evaluation task {name!r}; known: {', '.join(sorted(TASKS))}. "
+                       "Fix: use one of those, or register it (coinlib.core.tasks.register)")
     return TASKS[name]
 
 
-def load_task(name: str, n: int | None = None, mirror: str | os.PathLike | None = "auto") -> pd.DataFrame:
-    """Validation rows of a task as ``instance_id, content, label, gold`` (gold = label word).
+def task_names() -> list[str]:
+    """Every registered task, in registration order."""
+    return list(TASKS)
 
-    ``n`` selects the shared deterministic evaluation sample (:mod:`coinlib.core.sampling`): the same rows for every
-    prompt, group and model; ``None`` keeps all rows. The split is the one :func:`coinlib.core.sampling.eval_split`
-    names (MNLI: the matched validation set).
+
+def category_of(task: str) -> str | None:
+    """Table 1 category key of a task; None for an unregistered task or one outside the categories."""
+    return TASKS[task].category if task in TASKS else None
+
+
+def category_tasks(category: str) -> list[str]:
+    """Registered tasks of a category, in registry order."""
+    return [t.name for t in TASKS.values() if t.category == category]
+
+
+def prompt_aliases() -> dict[str, str]:
+    """Task -> the task whose instructions it uses when a prompt set has none of its own."""
+    return {t.name: t.prompts_from for t in TASKS.values() if t.prompts_from}
+
+
+def label_words(task: str | None = None) -> tuple[str, ...]:
+    """Label words of ``task``, or of every registered task (each word once) when None."""
+    if task is not None:
+        return get_task(task).labels
+    return tuple(dict.fromkeys(w for t in TASKS.values() for w in t.labels))
+
+
+# ------------------------------------------------------------------------------------------------ the sample
+def sample_indices(n_rows: int, n: int, seed: int = EVAL_SAMPLE_SEED) -> list[int]:
+    """Sorted row positions of a deterministic sample of ``n`` of ``n_rows`` rows (all rows when ``n >= n_rows``).
+
+    The sample is the first ``n`` entries of ``numpy.random.default_rng(seed).permutation(n_rows)``, so
+    smaller samples are subsets of larger ones for the same seed and ``n_rows``.
+    """
+    if n_rows < 0 or n < 0:
+        raise ValueError(f"sample_indices: n_rows and n must be >= 0, got n_rows={n_rows}, n={n}")
+    if n >= n_rows:
+        return list(range(n_rows))
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    return sorted(int(i) for i in perm[:n])
+
+
+def _split_length(split: Split, mirror) -> int:
+    return len(load_split(*split, mirror))
+
+
+def eval_sample(task: str, n: int, mirror: str | os.PathLike | None = "auto", seed: int = EVAL_SAMPLE_SEED,
+                lengths: dict[Split, int] | None = None) -> list[tuple[Split, int]]:
+    """``(split, row position)`` of each row an evaluation of ``n`` instances of ``task`` uses, in sample order.
+
+    Positions are drawn over the concatenation of the task's splits (:func:`sample_indices`); ``lengths`` gives
+    known split lengths (the others are loaded).
+    """
+    spec = get_task(task)
+    sizes = [(lengths or {}).get(s) for s in spec.splits]
+    sizes = [size if size is not None else _split_length(s, mirror) for s, size in zip(spec.splits, sizes)]
+    starts = np.cumsum([0, *sizes])
+    out = []
+    for pos in sample_indices(int(starts[-1]), n, seed):
+        part = int(np.searchsorted(starts, pos, side="right")) - 1
+        out.append((spec.splits[part], pos - int(starts[part])))
+    return out
+
+
+def held_out_rows(split: Split, n: int, mirror: str | os.PathLike | None = "auto", n_rows: int | None = None,
+                  seed: int = EVAL_SAMPLE_SEED) -> set[int]:
+    """Row positions of ``split`` that the sample of ``n`` rows of any registered task uses (empty if none)."""
+    known = {split: n_rows} if n_rows is not None else {}
+    return {pos for t in TASKS.values() if split in t.splits
+            for part, pos in eval_sample(t.name, n, mirror, seed, known) if part == split}
+
+
+def load_task(name: str, n: int | None = None, mirror: str | os.PathLike | None = "auto") -> pd.DataFrame:
+    """Rows of a task's evaluation sample as ``instance_id, content, label, gold`` (gold = label word).
+
+    ``n`` selects the shared deterministic sample (:func:`eval_sample`); ``None`` keeps all rows. Instance ids are
+    the rows' ``idx``, prefixed with the config (``mnli_mismatched:12``) for a task of several splits.
     """
     task = get_task(name)
-    dataset, config, split = eval_split(name)
-    data = load_split(dataset, config, split, mirror)
-    if n is not None:
-        data = data.select(sample_indices(len(data), n, EVAL_SAMPLE_SEED))
-    rows = data.to_list()
+    data = {s: load_split(*s, mirror) for s in task.splits}
+    if n is None:
+        chosen = [(s, i) for s in task.splits for i in range(len(data[s]))]
+    else:
+        chosen = eval_sample(name, n, mirror, lengths={s: len(d) for s, d in data.items()})
+    # positions are sorted within each split and splits come in order, so this keeps the sample order
+    rows = [(s, r) for s in task.splits for r in data[s].select([i for part, i in chosen if part == s]).to_list()]
+    prefix = len(task.splits) > 1
     return pd.DataFrame({
-        "instance_id": [str(r["idx"]) for r in rows],
-        "content": [task.content(r) for r in rows],
-        "label": [int(r["label"]) for r in rows],
-        "gold": [task.label_word(int(r["label"])) for r in rows],
+        "instance_id": [f"{s[1]}:{r[task.id_field]}" if prefix else str(r[task.id_field]) for s, r in rows],
+        "content": [task.content(r) for _, r in rows],
+        "label": [int(r["label"]) for _, r in rows],
+        "gold": [task.label_word(int(r["label"])) for _, r in rows],
     })

@@ -19,7 +19,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from coinlib.core.sources import JSON_ARTIFACTS, GitHubFile, fetch_text, load_json_artifact
+from coinlib.core.sources import (
+    JSON_ARTIFACTS,
+    GitHubFile,
+    fetch_text,
+    load_json_artifact,
+)
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
-from coinlib.core.sampling import EVAL_SAMPLE_SEED, EVAL_SPLITS, sample_indices
 from coinlib.core.sources import (
     DATASETS,
     JSON_ARTIFACTS,
@@ -37,6 +36,7 @@ from coinlib.core.sources import (
     resolve_mirror,
     source_key,
 )
+from coinlib.core.tasks import EVAL_SAMPLE_SEED, held_out_rows
 from coinlib.data.augment import add_perturbed_positives
 from coinlib.data.flan import (
     ADAPTERS,
@@ -138,8 +138,8 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
               holdout: int = 300) -> TaskPool:
     """The task's instances (evaluation holdout and FLAN-filtered rows removed, inputs de-duplicated).
 
-    Rows of a GLUE evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude the evaluation
-    sample of ``holdout`` rows (:func:`coinlib.core.sampling.sample_indices`, seed ``EVAL_SAMPLE_SEED``).
+    Rows of an evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude every row the evaluation
+    sample of ``holdout`` rows of any task uses (:func:`coinlib.core.tasks.held_out_rows`).
     Raises :class:`DataError` for an empty source file, fewer than two usable templates, or fewer than two
     distinct outputs; :class:`~coinlib.core.sources.SourceUnavailable` when the data cannot be found.
     """
@@ -157,10 +157,8 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
         if not rows:
             raise DataError(f"task {adapter.name}: source {name} has no rows. Fix: re-create that mirror file, "
                             "or remove the task from data.tasks.")
-        exclude: set[int] = set()
-        if (adapter.dataset, config, split) in set(EVAL_SPLITS.values()):
-            exclude = set(sample_indices(len(rows), holdout, EVAL_SAMPLE_SEED))
-            held += len(exclude)
+        exclude = held_out_rows((adapter.dataset, config, split), holdout, mirror, n_rows=len(rows))
+        held += len(exclude)
         parts.append(f"{name} ({len(rows)} rows" + (f", {len(exclude)} evaluation rows held out)" if exclude else ")"))
         for i, row in enumerate(rows):
             if i in exclude:
@@ -374,7 +372,7 @@ def _check_holdout(P: "Params") -> None:
         raise DataError(
             f"evaluation samples {P.evaluate.n_per_task} rows per task (seed {seed}) but training holds out only the "
             f"{P.data.eval_holdout}-row evaluation sample (seed {EVAL_SAMPLE_SEED}): evaluated rows could be trained on. "
-            "Fix: set data.eval_holdout >= evaluate.n_per_task (and use coinlib.core.sampling's seed).")
+            "Fix: set data.eval_holdout >= evaluate.n_per_task (and use coinlib.core.tasks' seed).")
 
 
 def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
@@ -421,6 +419,15 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(out / "dataset"))
+
+
+def format_entry(entry: dict[str, Any]) -> str:
+    """One entry as readable text: its ids, then the original, positive and hard negative with their answers."""
+    return (f"=== entry {entry['entry_id']} | task {entry['task']} | templates {entry['template_id']} -> "
+            f"{entry['pos_template_id']}\n"
+            f"--- original  [{entry['instance_id']}]\n{entry['prompt']}\n>>> {entry['target']}\n"
+            f"--- positive  [{entry['instance_id']}]\n{entry['pos_prompt']}\n>>> {entry['target']}\n"
+            f"--- negative  [{entry['neg_instance_id']}]\n{entry['neg_prompt']}\n>>> {entry['neg_target']}\n")
 
 
 def load_or_build(P: "Params", progress: bool = True) -> "datasets.Dataset":

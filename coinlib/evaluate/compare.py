@@ -5,11 +5,11 @@ and resampled jointly: each bootstrap replicate draws every task's instances wit
 both models, for every group and instruction) and recomputes, per group,
 
 - ``acc``: accuracy averaged over instructions, instances and tasks (the tables' "Average" accuracy);
-- ``instr_std``: the population std of per-instruction accuracies within a task, averaged over tasks (the
-  robustness measure of Figure 3, averaged over tasks).
+- ``std``: the std over instructions pooled over tasks (:func:`coinlib.evaluate.metrics.pooled_std`, the tables'
+  and Figure 3's "std", the paper's Table 3 "Average").
 
-Rows come per group and for ``"average"`` (every group pooled). ``p_better`` is the share of replicates in which model
-``a`` is more accurate than model ``b``.
+Rows come per group and for ``"average"`` (every group pooled: mean accuracy and pooled std over groups).
+``p_better`` is the share of replicates in which model ``a`` is more accurate than model ``b``.
 
 The label-free metrics of :mod:`coinlib.evaluate.metrics` come with the same kind of interval (columns
 ``{metric}_a``, ``_b``, ``_diff``, ``_diff_low``, ``_diff_high``), from the same seed and the same draws, averaged
@@ -26,12 +26,17 @@ import numpy as np
 import pandas as pd
 
 from coinlib.core.params import ALL_GROUPS
-from coinlib.evaluate.metrics import calibrated_answers, label_score_matrix, log_odds
+from coinlib.evaluate.metrics import (
+    calibrated_answers,
+    label_score_matrix,
+    log_odds,
+    pooled_std,
+)
 
 LABEL_FREE = ("auc", "cal_acc", "flip_rate", "flip_rate_cal")
 COMPARE_COLUMNS = [
     "group", "model_a", "model_b", "acc_a", "acc_b", "acc_diff", "acc_diff_low", "acc_diff_high", "p_better",
-    "instr_std_a", "instr_std_b", "instr_std_diff", "instr_std_diff_low", "instr_std_diff_high", "n_tasks",
+    "std_a", "std_b", "std_diff", "std_diff_low", "std_diff_high", "n_tasks",
     "n_instances", *[f"{m}_{part}" for m in LABEL_FREE for part in ("a", "b", "diff", "diff_low", "diff_high")],
 ]
 CLEAN = "clean"
@@ -84,8 +89,10 @@ def paired_bootstrap(predictions: pd.DataFrame, model_a: str, model_b: str, n_bo
             boot[m].append(_stats(cubes[m][t][:, :, idx]))  # cube [group, instruction, boot, instance]
 
     def over_tasks(per_task: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        acc, std = (np.mean([s[k] for s in per_task], axis=0) for k in (0, 1))
-        return np.concatenate([acc, acc.mean(0, keepdims=True)]), np.concatenate([std, std.mean(0, keepdims=True)])
+        accs, stds = (np.stack([s[k] for s in per_task]) for k in (0, 1))  # [task, group, ...]
+        acc, std = accs.mean(0), pooled_std(accs, stds, axis=0)
+        return (np.concatenate([acc, acc.mean(0, keepdims=True)]),
+                np.concatenate([std, np.reshape(pooled_std(acc, std, axis=0), (1, *std.shape[1:]))]))
 
     (acc_a, std_a), (acc_b, std_b) = over_tasks(point[model_a]), over_tasks(point[model_b])
     (bacc_a, bstd_a), (bacc_b, bstd_b) = over_tasks(boot[model_a]), over_tasks(boot[model_b])
@@ -96,8 +103,8 @@ def paired_bootstrap(predictions: pd.DataFrame, model_a: str, model_b: str, n_bo
     table = pd.DataFrame({
         "group": groups + [ALL_GROUPS], "model_a": model_a, "model_b": model_b, "acc_a": acc_a, "acc_b": acc_b,
         "acc_diff": acc_a - acc_b, "acc_diff_low": acc_lo, "acc_diff_high": acc_hi,
-        "p_better": ((bacc_a - bacc_b) > 0).mean(-1), "instr_std_a": std_a, "instr_std_b": std_b,
-        "instr_std_diff": std_a - std_b, "instr_std_diff_low": std_lo, "instr_std_diff_high": std_hi,
+        "p_better": ((bacc_a - bacc_b) > 0).mean(-1), "std_a": std_a, "std_b": std_b,
+        "std_diff": std_a - std_b, "std_diff_low": std_lo, "std_diff_high": std_hi,
         "n_tasks": len(tasks), "n_instances": n_instances,
     })
     extra = _label_free_paired(predictions, (model_a, model_b), groups, tasks, n_boot, seed, level)

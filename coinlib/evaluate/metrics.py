@@ -49,6 +49,24 @@ def mean_std(accs) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=0))
 
 
+def pooled_std(means, stds, axis: int = 0):
+    """Std over instructions pooled over tasks: the paper's Table 3 "Average" std, the one every table, Figure 3 and
+    the paired comparison report as "std".
+
+    The population std of all per-instruction accuracies of equally many instructions per task, from each task's
+    mean and population std along ``axis``: ``sqrt(mean(std**2) + var(mean))``. A float for 1-D input, else an array.
+    """
+    means, stds = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
+    out = np.sqrt(np.mean(np.square(stds), axis=axis) + np.var(means, axis=axis))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def mean_task_std(stds, axis: int = 0):
+    """Mean of per-task stds over instructions (not the pooled "std"; Table 1's per-category std is this one)."""
+    out = np.mean(np.asarray(stds, dtype=float), axis=axis)
+    return float(out) if np.ndim(out) == 0 else out
+
+
 def drop_rate(acc: float, clean_acc: float) -> float:
     """Performance drop rate against clean instructions, ``1 - acc / clean_acc`` (NaN when clean is 0)."""
     return float("nan") if not clean_acc else 1.0 - acc / clean_acc

@@ -68,13 +68,16 @@ class Unit:
     instruction_id: int
     instruction: str = ""
     weights: str = "base"  # digest of the model's adapter weights
+    task_digest: str = ""  # digest of the task's registry entry (coinlib.core.tasks.EvalTask.digest)
 
     def path(self, cache: Path) -> Path:
-        """Cache file, named by the adapter weights' and the instruction text's digests, so a retrained adapter or
-        an edited prompt set never reuses a result, and adding a model to the list keeps the others' results."""
+        """Cache file, named by the adapter weights', the task definition's and the instruction text's digests, so a
+        retrained adapter, a changed task (sample, accepted answers) or an edited prompt set never reuses a result,
+        and adding a model to the list keeps the others' results."""
         digest = hashlib.sha256(self.instruction.encode()).hexdigest()[:10]
         model_dir = f"{self.model}-{self.weights}"
-        return cache / model_dir / self.task / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
+        task_dir = f"{self.task}-{self.task_digest}" if self.task_digest else self.task
+        return cache / model_dir / task_dir / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
 
 
 @dataclass
@@ -110,8 +113,8 @@ def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]])
     """Every unit, in a fixed order (model, task, group, instruction)."""
     tasks = next(iter(prompts.values())).keys()
     weights = {m.label: _weights_digest(m.adapter) or "base" for m in specs}
-    return [Unit(m.label, t, g, i, text, weights[m.label]) for m in specs for t in tasks for g in prompts
-            for i, text in enumerate(prompts[g][t])]
+    return [Unit(m.label, t, g, i, text, weights[m.label], get_task(t).digest) for m in specs for t in tasks
+            for g in prompts for i, text in enumerate(prompts[g][t])]
 
 
 def shard(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
@@ -197,7 +200,7 @@ def _evaluate_units(P, units, specs, data, cache, rank, scorer) -> None:
             for u in (u for u in units if u.model == label):
                 bar.set_postfix_str(f"{u.model}/{u.task}/{u.group}/{u.instruction_id}")
                 frame, instruction = data[u.task], u.instruction
-                scored = scorer(model, tokenizer, instruction, frame["content"].tolist(), get_task(u.task).labels,
+                scored = scorer(model, tokenizer, instruction, frame["content"].tolist(), get_task(u.task),
                                 fmt=e.input_format, mode=e.scoring, batch_size=e.batch_size,
                                 max_new_tokens=e.max_new_tokens, early_stop=e.early_stop, progress=bar.update,
                                 append_eos=P.train.append_eos)

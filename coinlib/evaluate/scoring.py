@@ -14,15 +14,20 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, Union
 
 import torch
 
 from coinlib.core.formats import train_prompt
+from coinlib.core.tasks import EvalTask
 
 InputFormat = Literal["paper", "train", "chat"]
+#: A registered task (its label words and the answers the paper's scoring accepts) or bare label words.
+Labels = Union[EvalTask, Sequence[str]]
 #: Characters the paper's code strips from both ends of a generated answer before matching label words.
 STRIP_CHARS = ",._\"'-+=!?()&^%$#@:\\|{}[]<>/`\n\t\r\v\f\u200b "
+#: Token texts the paper's code deletes from a lowercased answer before stripping.
+REMOVED_MARKERS = ("<pad>", "</s>")
 PAPER_RESPONSE = "### Response:"
 
 
@@ -74,23 +79,48 @@ def label_token_ids(tokenizer, labels: Sequence[str], fmt: InputFormat, append_e
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-def _candidates(labels: Sequence[str]) -> list[str]:
-    return sorted((lab.lower() for lab in labels), key=len, reverse=True)
+def label_words(labels: Labels) -> tuple[str, ...]:
+    """The label words (per label id for a task)."""
+    return labels.labels if isinstance(labels, EvalTask) else tuple(labels)
 
 
-def parse_label(text: str, labels: Sequence[str]) -> str:
-    """Label word a generated answer starts with, after lowercasing and stripping :data:`STRIP_CHARS`; "" if none.
+def accepted_answers(labels: Labels) -> tuple[tuple[str, str], ...]:
+    """``(answer text, label word)`` pairs in the order they are tried.
 
-    Longer label words are tried first, so a label that is a prefix of another never wins by accident.
+    For a task: its registry answers (:attr:`coinlib.core.tasks.EvalTask.accepted`), as the paper's code tries them
+    (for SST-2, QNLI, RTE and WNLI the digits of the label ids too). For bare label words: each word itself, longest
+    first, so a label that is a prefix of another never wins by accident.
     """
-    answer = text.lower().strip(STRIP_CHARS)
-    return next((lab for lab in _candidates(labels) if answer.startswith(lab)), "")
+    if isinstance(labels, EvalTask):
+        return labels.accepted
+    return tuple((w.lower(), w) for w in sorted(labels, key=len, reverse=True))
 
 
-def answer_decided(text: str, labels: Sequence[str]) -> bool:
-    """True when more generated text cannot change :func:`parse_label` (the answer is not a proper prefix of a label)."""
-    answer = text.lower().lstrip(STRIP_CHARS)
-    return not any(len(answer) < len(lab) and lab.startswith(answer) for lab in _candidates(labels))
+def _clean(text: str) -> str:
+    answer = text.lower()
+    for marker in REMOVED_MARKERS:
+        answer = answer.replace(marker, "")
+    return answer
+
+
+def parse_label(text: str, labels: Labels) -> str:
+    """Label word of a generated answer, "" if unparseable, as the paper's scoring does it.
+
+    The answer is lowercased, ``<pad>`` and ``</s>`` are deleted, :data:`STRIP_CHARS` are stripped from both ends,
+    and the first accepted answer (:func:`accepted_answers`) it starts with gives the label.
+    """
+    answer = _clean(text).strip(STRIP_CHARS)
+    return next((word for accepted, word in accepted_answers(labels) if answer.startswith(accepted)), "")
+
+
+def answer_decided(text: str, labels: Labels) -> bool:
+    """True when more generated text cannot change :func:`parse_label`: the answer is not a proper prefix of an
+    accepted answer, and does not end inside a marker that a later token could complete and delete."""
+    lowered = text.lower()
+    if any(lowered.endswith(m[:k]) for m in REMOVED_MARKERS for k in range(1, len(m))):
+        return False
+    answer = _clean(text).lstrip(STRIP_CHARS)
+    return not any(len(answer) < len(acc) and acc.startswith(answer) for acc, _ in accepted_answers(labels))
 
 
 # ------------------------------------------------------------------------------------------------ batching
@@ -146,7 +176,7 @@ def _device(model) -> torch.device:
 
 # ------------------------------------------------------------------------------------------------ generate
 @torch.inference_mode()
-def generate_batch(model, tokenizer, prefix: list[int], cache, suffixes: list[list[int]], labels: Sequence[str],
+def generate_batch(model, tokenizer, prefix: list[int], cache, suffixes: list[list[int]], labels: Labels,
                    max_new_tokens: int = 7, early_stop: bool = True) -> list[str]:
     """Greedy continuations of ``prefix + suffix`` for each suffix (left padding between prefix and suffix).
 
@@ -258,15 +288,17 @@ class Scored:
 
 
 @torch.inference_mode()
-def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str], labels: Sequence[str],
+def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str], labels: Labels,
                       fmt: InputFormat = "paper", mode: Literal["generate", "rank"] = "generate",
                       batch_size: int = 16, max_new_tokens: int = 7, early_stop: bool = True,
                       progress=None, append_eos: bool = False) -> list[Scored]:
     """Score every content under one instruction; results are in the order of ``contents``.
 
+    ``labels``: the task (generate mode then accepts what the paper's scoring accepts for it) or bare label words.
     ``progress`` (optional) is called with the number of instances finished after each batch; ``append_eos``: rank
     scoring in the ``train`` format also scores the EOS (as training with ``train.append_eos`` teaches it).
     """
+    task, labels = labels, label_words(labels)
     texts = [format_input(instruction, c, fmt, tokenizer) for c in contents]
     enc = encode(tokenizer, texts, fmt)
     cache = _prefix_cache(model, enc.prefix, _device(model))
@@ -277,9 +309,9 @@ def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str
     for batch in length_sorted_batches([len(s) for s in enc.suffixes], batch_size):
         suffixes = [enc.suffixes[i] for i in batch]
         if mode == "generate":
-            outs = generate_batch(model, tokenizer, enc.prefix, cache, suffixes, labels, max_new_tokens, early_stop)
+            outs = generate_batch(model, tokenizer, enc.prefix, cache, suffixes, task, max_new_tokens, early_stop)
             for i, text in zip(batch, outs):
-                results[i] = Scored(parse_label(text, labels), text, "{}")
+                results[i] = Scored(parse_label(text, task), text, "{}")
         elif mode == "rank":
             scores = rank_batch(model, len(enc.prefix), cache, suffixes, conts, pad).tolist()
             for i, row in zip(batch, scores):

@@ -17,7 +17,7 @@ from typing import Iterable
 from coinlib.perturb.character import perturb_characters
 from coinlib.perturb.semantic import RephraseRejected, rephrase
 from coinlib.perturb.sentence import checklist_suffix, stresstest_suffix
-from coinlib.perturb.tokens import LABEL_WORDS, protected_terms
+from coinlib.perturb.tokens import protected_terms
 from coinlib.perturb.word import perturb_words
 
 LEVELS = ("character", "word", "sentence", "stresstest", "semantic")
@@ -25,7 +25,7 @@ LEVELS = ("character", "word", "sentence", "stresstest", "semantic")
 GROUP_OF = {"character": "deepwordbug", "word": "textfooler", "sentence": "checklist",
             "stresstest": "stresstest", "semantic": "semantic"}
 
-__all__ = ["LEVELS", "GROUP_OF", "LABEL_WORDS", "perturb_instruction", "protected_terms", "perturb_characters",
+__all__ = ["LEVELS", "GROUP_OF", "perturb_instruction", "protected_terms", "perturb_characters",
            "perturb_words", "checklist_suffix", "stresstest_suffix", "rephrase", "RephraseRejected"]
 
 

@@ -9,7 +9,12 @@ import argparse
 import logging
 
 from coinlib.perturb import LEVELS
-from coinlib.perturb.promptset import META_KEYS, build_prompt_set, clean_instructions, write_prompt_set
+from coinlib.perturb.promptset import (
+    META_KEYS,
+    build_prompt_set,
+    clean_instructions,
+    write_prompt_set,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

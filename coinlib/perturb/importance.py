@@ -11,24 +11,18 @@ import re
 from typing import Callable, Iterable, Sequence
 
 from coinlib.core.formats import train_prompt
-from coinlib.perturb.tokens import LABEL_WORDS, editable_positions, random_order, render, resolve_protected, tokenize
+from coinlib.perturb.tokens import (
+    editable_positions,
+    random_order,
+    render,
+    resolve_protected,
+    tokenize,
+)
 
 Scorer = Callable[[str], float]
 Example = tuple[str, str]  # (content, gold label word)
 
 #: GLUE validation split and content fields of each task (DESIGN.md section 2, "content per task").
-_GLUE_FIELDS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
-    "sst2": ("sst2", "validation", (("", "sentence"),)),
-    "cola": ("cola", "validation", (("", "sentence"),)),
-    "qqp": ("qqp", "validation", (("Question 1", "question1"), ("Question 2", "question2"))),
-    "mnli": ("mnli", "validation_matched", (("Premise", "premise"), ("Hypothesis", "hypothesis"))),
-    "qnli": ("qnli", "validation", (("Question", "question"), ("Context", "sentence"))),
-    "rte": ("rte", "validation", (("Sentence 1", "sentence1"), ("Sentence 2", "sentence2"))),
-    "mrpc": ("mrpc", "validation", (("Sentence 1", "sentence1"), ("Sentence 2", "sentence2"))),
-    "wnli": ("wnli", "validation", (("Sentence 1", "sentence1"), ("Sentence 2", "sentence2"))),
-}
-
-
 def without_token(text: str, index: int, task: str | None = None, protected: Iterable[str] | None = None) -> str:
     """``text`` with token ``index`` removed (and the doubled space that leaves collapsed)."""
     tokens = tokenize(text, resolve_protected(task, protected))
@@ -65,16 +59,14 @@ def format_input(instruction: str, content: str) -> str:
 
 
 def labelled_sample(task: str, n: int = 16, seed: int = 0, mirror: str | None = "auto") -> list[Example]:
-    """``n`` seeded ``(content, label word)`` pairs from the GLUE validation split of ``task``."""
-    from coinlib.core.sources import load_split
+    """``n`` seeded ``(content, label word)`` pairs of a registered evaluation task (its evaluation format)."""
+    import numpy as np
 
-    if task not in _GLUE_FIELDS:
-        raise KeyError(f"no labelled sample for task {task!r}; known: {sorted(_GLUE_FIELDS)}")
-    config, split, fields = _GLUE_FIELDS[task]
-    rows = load_split("glue", config, split, mirror).shuffle(seed=seed).select(range(n))
-    words = LABEL_WORDS[task]
-    return [("\n".join(f"{name}: {row[f]}" if name else row[f] for name, f in fields), words[row["label"]])
-            for row in rows]
+    from coinlib.core.tasks import load_task
+
+    rows = load_task(task, None, mirror)
+    chosen = np.random.default_rng(seed).permutation(len(rows))[:n]
+    return [(rows["content"].iat[i], rows["gold"].iat[i]) for i in chosen]
 
 
 def label_scorer(model, tokenizer, examples: Sequence[Example], labels: Sequence[str], metric: str = "loss",

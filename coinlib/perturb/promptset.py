@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from coinlib.core.fileio import atomic_write_text
+from coinlib.core.tasks import TASKS
 from coinlib.perturb import GROUP_OF, LEVELS, RephraseRejected, perturb_instruction
-from coinlib.perturb.tokens import LABEL_WORDS
 
 log = logging.getLogger(__name__)
 META_KEYS = ("source", "license", "tasks")
@@ -47,7 +47,7 @@ def clean_instructions(source: str | os.PathLike = "coin_eval_prompts", mirror: 
     if group not in data:
         raise KeyError(f"prompt set {source!r} has no group {group!r}; groups: "
                        f"{[k for k in data if k not in META_KEYS]}")
-    return {t: list(v) for t, v in data[group].items() if t in LABEL_WORDS}
+    return {t: list(v) for t, v in data[group].items() if t in TASKS}
 
 
 def build_prompt_set(

@@ -1,8 +1,9 @@
 """Split an instruction into tokens and decide which words a perturbation may touch.
 
-Protected, never changed by any level: the label words of the task (all GLUE tasks when no task is given),
-placeholders such as ``{content}``, quoted spans (``'positive'``), answer-format words (``answer``,
-``respond``, ``or``, ...) and the response marker. Joining the tokens gives back the text exactly.
+Protected, never changed by any level: the label words of the task (every registered evaluation task's when no
+task is given; :mod:`coinlib.core.tasks`), placeholders such as ``{content}``, quoted spans (``'positive'``),
+answer-format words (``answer``, ``respond``, ``or``, ...) and the response marker. Joining the tokens gives back
+the text exactly.
 """
 
 from __future__ import annotations
@@ -12,19 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-#: Label words of each GLUE task (DESIGN.md section 2). MNLI-m/-mm use MNLI's.
-LABEL_WORDS: dict[str, tuple[str, ...]] = {
-    "sst2": ("negative", "positive"),
-    "cola": ("unacceptable", "acceptable"),
-    "qqp": ("not_equivalent", "equivalent"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qnli": ("entailment", "not_entailment"),
-    "rte": ("entailment", "not_entailment"),
-    "wnli": ("not_entailment", "entailment"),
-    "mnli": ("entailment", "neutral", "contradiction"),
-    "mnli_matched": ("entailment", "neutral", "contradiction"),
-    "mnli_mismatched": ("entailment", "neutral", "contradiction"),
-}
+from coinlib.core.tasks import label_words
 
 #: Words that state the answer format; changing them changes what the model is asked to output.
 FORMAT_WORDS: frozenset[str] = frozenset(
@@ -61,9 +50,7 @@ class Token:
 def protected_terms(task: str | None = None, extra: Iterable[str] = ()) -> frozenset[str]:
     """Lower-cased words never changed for ``task``: its label words (every task's if None), the answer-format
     words and ``extra``. Label words with an underscore also protect their parts (``not``, ``equivalent``)."""
-    if task is not None and task not in LABEL_WORDS:
-        raise KeyError(f"unknown task {task!r} for label words; known: {sorted(LABEL_WORDS)} (or pass task=None)")
-    labels = LABEL_WORDS[task] if task else tuple(w for ws in LABEL_WORDS.values() for w in ws)
+    labels = label_words(task)  # the registry's (coinlib.core.tasks); a clear error for unknown tasks
     terms = {w.lower() for w in labels} | {p for w in labels for p in w.lower().split("_")}
     return frozenset(terms | FORMAT_WORDS | {w.lower() for w in extra})
 

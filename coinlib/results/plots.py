@@ -15,7 +15,8 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
-from coinlib.results.tables import CATEGORY_LABELS, ROLE_LABELS, TASK_CATEGORIES
+from coinlib.core.tasks import CATEGORIES
+from coinlib.results.tables import ROLE_LABELS, average_over_tasks
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
@@ -63,13 +64,14 @@ def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markd
 
 # ---------------------------------------------------------------------------------------------- plots
 def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
-    """Table 1 as bars: accuracy per category and model role, error bars = std over instructions; one panel per source."""
+    """Table 1 as bars: accuracy per category and model role, error bars = mean over the category's tasks and groups
+    of the std over instructions (``mean_task_std``); one panel per source."""
     use_style()
     rows = comparison[comparison["role"].isin(ROLE_LABELS)]
     panels = list(dict.fromkeys(zip(rows["source"], rows["model"])))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), sharey=True, squeeze=False)
     roles = [r for r in ROLE_LABELS if r in set(rows["role"])]
-    cats = [c for c in TASK_CATEGORIES if c in set(rows["category"])]
+    cats = [c for c in CATEGORIES if c in set(rows["category"])]
     width = 0.8 / max(len(roles), 1)
     for ax, (source, model) in zip(axes[0], panels):
         sub = rows[(rows["source"] == source) & (rows["model"] == model)].set_index(["role", "category"])
@@ -77,12 +79,12 @@ def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
             vals = [sub.loc[(role, c)] if (role, c) in sub.index else None for c in cats]
             x = np.arange(len(cats)) + (i - (len(roles) - 1) / 2) * width
             acc = [100 * v["mean_acc"] if v is not None else np.nan for v in vals]
-            err = [100 * v["std_acc"] if v is not None else np.nan for v in vals]
+            err = [100 * v["mean_task_std"] if v is not None else np.nan for v in vals]
             ax.bar(x, acc, width, yerr=err, capsize=3, color=ROLE_COLORS[role], label=ROLE_LABELS[role])
-        ax.set_xticks(np.arange(len(cats)), [CATEGORY_LABELS[c].replace(" ", "\n", 1) for c in cats])
+        ax.set_xticks(np.arange(len(cats)), [CATEGORIES[c].replace(" ", "\n", 1) for c in cats])
         ax.set_title(source_title(source, model))
         ax.set_ylim(0, 100)
-    axes[0][0].set_ylabel("accuracy (%), bars ± std over instructions")
+    axes[0][0].set_ylabel("accuracy (%), bars ± mean task std")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.suptitle("Accuracy by task category (paper Table 1)")
     fig.tight_layout()
@@ -120,7 +122,7 @@ def plot_paired_difference(paired: pd.DataFrame) -> plt.Figure:
     groups = list(paired["group"])
     y = np.arange(len(groups))[::-1]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(groups) + 1.6), sharey=True)
-    for ax, col, what in zip(axes, ("acc_diff", "instr_std_diff"),
+    for ax, col, what in zip(axes, ("acc_diff", "std_diff"),
                              ("accuracy (points)", "std over instructions (points; lower = more robust)")):
         est = 100 * paired[col].to_numpy()
         err = 100 * np.abs(paired[[f"{col}_low", f"{col}_high"]].to_numpy().T - paired[col].to_numpy())
@@ -165,9 +167,9 @@ def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
 # Accuracy and std over instructions per perturbation group, models side by side.
 
 def figure3_data(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model x group: mean over tasks of the mean accuracy and of the std over instructions (``n_tasks``)."""
-    data = summary.groupby(["model", "group"], sort=False).agg(
-        mean_acc=("mean_acc", "mean"), std_acc=("std_acc", "mean"), n_tasks=("task", "nunique")).reset_index()
+    """Per model x group: mean accuracy over tasks and the pooled std over instructions (the tables' "Average",
+    :func:`coinlib.results.tables.average_over_tasks`), with ``n_tasks``."""
+    data = average_over_tasks(summary, by=("model", "group"))
     order = {g: i for i, g in enumerate(GROUP_LABELS)}
     return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
 

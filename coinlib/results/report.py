@@ -25,7 +25,13 @@ from coinlib.core.reference import PAPER_MODEL
 from coinlib.evaluate.compare import paired_bootstrap
 from coinlib.evaluate.runner import BASE_LABEL
 from coinlib.results import tables
-from coinlib.results.inputs import MissingInput, load_predictions, load_summary, role_runs, summary_path
+from coinlib.results.inputs import (
+    MissingInput,
+    load_predictions,
+    load_summary,
+    role_runs,
+    summary_path,
+)
 
 if TYPE_CHECKING:
     from coinlib.core.params import Params
@@ -86,7 +92,7 @@ def paired_markdown_table(paired: pd.DataFrame) -> pd.DataFrame:
         "group": paired["group"],
         "Δ accuracy [95% CI]": [cell(r, "acc_diff") for _, r in paired.iterrows()],
         "P(better)": [f"{p:.2f}" for p in paired["p_better"]],
-        "Δ std over instructions [95% CI]": [cell(r, "instr_std_diff") for _, r in paired.iterrows()],
+        "Δ std over instructions [95% CI]": [cell(r, "std_diff") for _, r in paired.iterrows()],
     })
 
 

@@ -4,11 +4,13 @@ Every function takes summary-shaped rows (one per model x task x group with ``me
 evaluation contract) so the paper's own numbers (:mod:`coinlib.core.reference`) and ours go through the same code.
 
 Aggregation rules, as the paper's tables do it (checked against its numbers in tests/test_report.py):
-- task categories (Table 1, categories of Table 5): accuracy = mean of the per-task-and-group mean accuracies,
-  std = mean of the per-task-and-group stds over instructions. NLI includes MNLI-m and MNLI-mm besides MNLI
-  (only that reproduces Table 1 from Table 3).
-- averages over tasks (the "Average" column of Tables 3 and 4): accuracy = mean over tasks, std = population std of
-  all per-instruction accuracies pooled over tasks (sqrt(mean of variances + variance of means)).
+- averages over tasks (the "Average" column of Tables 3 and 4): accuracy = mean over tasks, ``std_acc`` = the std
+  over instructions pooled over tasks (:func:`coinlib.evaluate.metrics.pooled_std`); Figure 3 and the paired
+  comparison show the same quantity.
+- task categories (Table 1, categories of Table 5; :mod:`coinlib.core.tasks`): accuracy = mean of the
+  per-task-and-group mean accuracies, ``mean_task_std`` = mean of the per-task-and-group stds over instructions
+  (:func:`coinlib.evaluate.metrics.mean_task_std`; only that reproduces Table 1 from Table 3, with MNLI-m and
+  MNLI-mm counted in NLI besides MNLI).
 """
 
 from __future__ import annotations
@@ -20,33 +22,14 @@ import pandas as pd
 
 from coinlib.core.params import ALL_GROUPS
 from coinlib.core.reference import PAPER_MODEL, paper_tables
+from coinlib.core.tasks import CATEGORIES, category_of, category_tasks
+from coinlib.evaluate.metrics import mean_task_std, pooled_std
 from coinlib.results.inputs import lambda_runs, role_runs, summaries_for_runs
 
 if TYPE_CHECKING:
     from coinlib.core.params import Params
 
-TASK_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "sentiment": ("sst2",),
-    "grammar": ("cola",),
-    "paraphrase": ("qqp", "mrpc"),
-    "nli": ("mnli", "mnli_matched", "mnli_mismatched", "qnli", "rte", "wnli"),
-}
-CATEGORY_LABELS = {
-    "sentiment": "Sentiment Analysis", "grammar": "Grammar Correctness",
-    "paraphrase": "Paraphrase Identification", "nli": "Natural Language Inference",
-}
 ROLE_LABELS = {"base": "Base", "cit": "CIT", "coin": "COIN"}
-
-
-def category_of(task: str) -> str | None:
-    """Task category (Table 5) of a GLUE task, or None for a task outside the four categories."""
-    return next((cat for cat, tasks in TASK_CATEGORIES.items() if task in tasks), None)
-
-
-def pooled_std(means: Sequence[float], stds: Sequence[float]) -> float:
-    """Population std of the union of equally sized samples given each sample's mean and population std."""
-    means, stds = np.asarray(means, float), np.asarray(stds, float)
-    return float(np.sqrt(np.mean(stds**2) + np.var(means)))
 
 
 def _pool(frame: pd.DataFrame, by: list[str], count: str) -> pd.DataFrame:
@@ -74,7 +57,7 @@ def average_over_groups(averages: pd.DataFrame, by: Sequence[str]) -> pd.DataFra
 
 
 def task_categories(summary: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
-    """Table 1: per ``by`` key and task category, mean accuracy and mean std over its task x group rows.
+    """Table 1: per ``by`` key and task category, mean accuracy and ``mean_task_std`` over its task x group rows.
 
     Tasks outside the four categories are ignored. ``tasks`` and ``n_groups`` say what each row covers.
     """
@@ -82,11 +65,11 @@ def task_categories(summary: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd
     rows = summary.assign(category=summary["task"].map(category_of)).dropna(subset=["category"])
     out = (
         rows.groupby([*by, "category"], sort=False)
-        .agg(mean_acc=("mean_acc", "mean"), std_acc=("std_acc", "mean"),
+        .agg(mean_acc=("mean_acc", "mean"), mean_task_std=("std_acc", mean_task_std),
              tasks=("task", lambda t: " ".join(sorted(set(t)))), n_groups=("group", "nunique"))
         .reset_index()
     )
-    order = {c: i for i, c in enumerate(TASK_CATEGORIES)}
+    order = {c: i for i, c in enumerate(CATEGORIES)}
     return out.sort_values([*by, "category"], key=lambda s: s.map(order) if s.name == "category" else s,
                            kind="stable").reset_index(drop=True)
 
@@ -102,18 +85,18 @@ def category_comparison(ours: pd.DataFrame, our_model: str, paper: pd.DataFrame 
 
     ``ours``: summary rows with a ``role`` column ("cit", "coin"). ``paper``: Table 3 rows (default: the stored
     ones); they are matched to the tasks and groups ours covers, so with full coverage they give the paper's Table 1.
-    Columns: source (paper/ours), model (name and scale), role, category, mean_acc, std_acc, tasks, n_groups.
+    Columns: source (paper/ours), model (name and scale), role, category, mean_acc, mean_task_std, tasks, n_groups.
     """
     if not ours["task"].map(category_of).notna().any():
         raise ValueError(f"none of the evaluated tasks ({', '.join(sorted(set(ours['task'])))}) is in a Table 5 "
-                         f"category ({', '.join(t for ts in TASK_CATEGORIES.values() for t in ts)}); evaluate one")
+                         f"category ({', '.join(t for c in CATEGORIES for t in category_tasks(c))}); evaluate one")
     paper = paper_glue(3) if paper is None else paper
     paper = matched_to(paper[paper["model"].isin(["cit", "coin"])].assign(role=paper["model"]), ours)
     parts = []
     for source, model, rows in (("paper", PAPER_MODEL, paper), ("ours", our_model, ours)):
         cats = task_categories(rows, by=["role"])
         parts.append(_with_delta(cats, ["category"]).assign(source=source, model=model))
-    cols = ["source", "model", "role", "category", "mean_acc", "std_acc", "tasks", "n_groups"]
+    cols = ["source", "model", "role", "category", "mean_acc", "mean_task_std", "tasks", "n_groups"]
     return pd.concat(parts, ignore_index=True)[cols]
 
 
@@ -155,14 +138,13 @@ def best_lambda(comparison: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_delta(cats: pd.DataFrame, on: list[str]) -> pd.DataFrame:
-    """Append rows ``role = "coin - cit"`` with the differences of accuracy and std."""
-    wide = cats.pivot_table(index=on, columns="role", values=["mean_acc", "std_acc"], sort=False)
+    """Append rows ``role = "coin - cit"`` with the differences of accuracy and of the category std."""
+    values = ["mean_acc", "mean_task_std"]
+    wide = cats.pivot_table(index=on, columns="role", values=values, sort=False)
     if not {"cit", "coin"} <= set(cats["role"]):
         return cats
-    delta = pd.DataFrame({
-        "mean_acc": wide[("mean_acc", "coin")] - wide[("mean_acc", "cit")],
-        "std_acc": wide[("std_acc", "coin")] - wide[("std_acc", "cit")],
-    }).reset_index().assign(role="coin - cit")
+    delta = pd.DataFrame({v: wide[(v, "coin")] - wide[(v, "cit")] for v in values}).reset_index().assign(
+        role="coin - cit")
     meta = cats[cats["role"] == "coin"][[*on, "tasks", "n_groups"]]
     return pd.concat([cats, delta.merge(meta, on=on)], ignore_index=True)
 
@@ -185,16 +167,17 @@ def pct(mean: float, std: float | None = None, signed: bool = False) -> str:
 
 
 def category_table(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 layout from :func:`category_comparison`: one row per category, "acc ± std" cells per source and role."""
+    """Table 1 layout from :func:`category_comparison`: one row per category, "acc ± mean task std" cells per source
+    and role."""
     cells = comparison.assign(
         column=comparison["source"] + " " + comparison["model"] + ": " + comparison["role"].map(
             lambda r: ROLE_LABELS.get(r, "Δ (COIN − CIT)")),
         cell=[pct(m, s, signed=(r == "coin - cit")) for m, s, r in
-              zip(comparison["mean_acc"], comparison["std_acc"], comparison["role"])],
-        category=comparison["category"].map(CATEGORY_LABELS),
+              zip(comparison["mean_acc"], comparison["mean_task_std"], comparison["role"])],
+        category=comparison["category"].map(CATEGORIES),
     )
     wide = cells.pivot(index="category", columns="column", values="cell")
-    order = [CATEGORY_LABELS[c] for c in TASK_CATEGORIES if CATEGORY_LABELS[c] in wide.index]
+    order = [CATEGORIES[c] for c in CATEGORIES if CATEGORIES[c] in wide.index]
     return wide.loc[order, list(dict.fromkeys(cells["column"]))].rename_axis(columns=None).reset_index()
 
 

@@ -143,6 +143,30 @@ def check_mutual_pairs(dataset) -> None:
                              + fix)
 
 
+def token_lengths(dataset, tokenizer, cutoff_len: int, **options) -> pd.DataFrame:
+    """Per entry, the token count of each sequence exactly as training encodes it (:func:`encode_entries` with
+    ``options``: special tokens, truncation at ``cutoff_len``), with its ``task`` and whether it was ``truncated``.
+
+    Columns: ``task, original, positive, negative, truncated``.
+    """
+    import datasets
+    import pandas as pd
+
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # statistics, not a training run: no progress output
+    try:
+        encoded = encode_entries(dataset, tokenizer, cutoff_len, **options)
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+    return pd.DataFrame({
+        "task": encoded["task"],
+        **{name: [len(ids) for ids in encoded[col]]
+           for name, col in (("original", "orig_ids"), ("positive", "pos_ids"), ("negative", "neg_ids"))},
+        "truncated": encoded["truncated"],
+    })
+
+
 def micro_batch_order(tasks: Sequence[str], micro: int, seed: int, epoch: int = 0, shuffle: bool = True,
                       group_by_task: bool = False) -> list[int]:
     """Entry indices in training order; consecutive runs of ``micro`` indices form the micro-batches.

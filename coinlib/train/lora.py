@@ -10,7 +10,12 @@ if TYPE_CHECKING:
 
 def attach_lora(model, params: "ModelParams"):
     """Wrap ``model`` with a fresh LoRA adapter (or return it as is when it already has one)."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import (
+        LoraConfig,
+        PeftModel,
+        get_peft_model,
+        prepare_model_for_kbit_training,
+    )
 
     if isinstance(model, PeftModel):
         return model

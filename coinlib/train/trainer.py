@@ -33,7 +33,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from coinlib.core.fileio import atomic_write, atomic_write_text
 from coinlib.core.models import load_model
 from coinlib.core.params import Params, TrainParams
-from coinlib.train.batching import IGNORE, PairCollator, PairSampler, check_mutual_pairs, encode_entries
+from coinlib.train.batching import (
+    IGNORE,
+    PairCollator,
+    PairSampler,
+    check_mutual_pairs,
+    encode_entries,
+)
 from coinlib.train.lora import attach_lora
 from coinlib.train.loss import coin_loss, gather_embeddings, symmetric_info_nce
 from coinlib.train.pooling import last_token_pool
