@@ -161,11 +161,15 @@ def _runs(log_dir: Path) -> list[tuple[Path, dict]]:
     return [(p, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(log_dir.rglob("results_*.json"))]
 
 
+def _model_args(model_args: str | dict | None) -> dict:
+    if isinstance(model_args, str):
+        return dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
+    return dict(model_args or {})
+
+
 def model_label(model_args: str | dict | None) -> str:
     """Table label of a logged model: the run name of a ``peft=runs/<run>/adapter`` adapter, else ``base``."""
-    if isinstance(model_args, str):
-        model_args = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
-    adapter = (model_args or {}).get("peft")
+    adapter = _model_args(model_args).get("peft")
     if not adapter:
         return BASE_LABEL
     path = Path(str(adapter).rstrip("/"))
@@ -185,7 +189,8 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
                           "Fix: run lm_eval with --output_path pointing there and --log_samples.")
     for path, result in runs:
         stamp = path.stem.removeprefix("results_")
-        who = label or model_label((result.get("config") or {}).get("model_args"))
+        model_args = (result.get("config") or {}).get("model_args")
+        who, adapter = label or model_label(model_args), str(_model_args(model_args).get("peft") or "")
         for name, cfg in (result.get("configs") or {}).items():
             meta = cfg.get("metadata") or {}
             if "coin_mode" not in meta:
@@ -198,7 +203,7 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
             if not samples.is_file():
                 raise LmEvalError(f"{path} lists task {name} but {samples.name} is missing beside it. "
                                   "Fix: run lm_eval with --log_samples.")
-            frames.append(_unit_rows(samples, meta, who))
+            frames.append(_unit_rows(samples, meta, who, adapter))
     if not frames:
         if seen_modes:
             raise LmEvalError(f"the logs under {str(log_dir)!r} hold only {sorted(seen_modes)} tasks, not {mode!r}. "
@@ -217,7 +222,7 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
     return predictions
 
 
-def _unit_rows(samples: Path, meta: dict, model: str) -> pd.DataFrame:
+def _unit_rows(samples: Path, meta: dict, model: str, adapter: str) -> pd.DataFrame:
     rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
     out = []
     for s in sorted(rows, key=lambda s: s["doc_id"]):
@@ -231,7 +236,7 @@ def _unit_rows(samples: Path, meta: dict, model: str) -> pd.DataFrame:
         else:
             raw = s["resps"][0][0]
             prediction, label_scores = parse_label(raw, labels), "{}"
-        out.append({"model": model, "adapter": "", "task": meta["coin_task"], "group": meta["coin_group"],
+        out.append({"model": model, "adapter": adapter, "task": meta["coin_task"], "group": meta["coin_group"],
                     "instruction_id": int(meta["coin_instruction_id"]), "instruction": meta["coin_instruction"],
                     "instance_id": str(doc["instance_id"]), "gold": doc["gold"], "prediction": prediction,
                     "correct": prediction == doc["gold"], "raw_output": raw, "label_scores": label_scores})
