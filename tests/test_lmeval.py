@@ -192,6 +192,7 @@ def test_model_label():
     assert lmeval.model_label("pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,dtype=float32") == "base"
     assert lmeval.model_label("pretrained=m,peft=runs/coin/adapter") == "coin"
     assert lmeval.model_label({"pretrained": "m", "peft": "/x/my_adapter/"}) == "my_adapter"
+    assert lmeval.model_label("pretrained=m,lora_local_path=runs/coin2/adapter,data_parallel_size=2") == "coin2"
 
 
 def test_template_renders_instruction_verbatim():

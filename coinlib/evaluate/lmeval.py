@@ -167,9 +167,15 @@ def _model_args(model_args: str | dict | None) -> dict:
     return dict(model_args or {})
 
 
+def _adapter(model_args: str | dict | None) -> str:
+    args = _model_args(model_args)
+    return str(args.get("peft") or args.get("lora_local_path") or "")
+
+
 def model_label(model_args: str | dict | None) -> str:
-    """Table label of a logged model: the run name of a ``peft=runs/<run>/adapter`` adapter, else ``base``."""
-    adapter = _model_args(model_args).get("peft")
+    """Table label of a logged model: the run name of its adapter (``peft=`` of the HF backend, ``lora_local_path=``
+    of vLLM; ``runs/<run>/adapter`` gives ``<run>``), else ``base``."""
+    adapter = _adapter(model_args)
     if not adapter:
         return BASE_LABEL
     path = Path(str(adapter).rstrip("/"))
@@ -190,7 +196,7 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
     for path, result in runs:
         stamp = path.stem.removeprefix("results_")
         model_args = (result.get("config") or {}).get("model_args")
-        who, adapter = label or model_label(model_args), str(_model_args(model_args).get("peft") or "")
+        who, adapter = label or model_label(model_args), _adapter(model_args)
         for name, cfg in (result.get("configs") or {}).items():
             meta = cfg.get("metadata") or {}
             if "coin_mode" not in meta:
