@@ -70,8 +70,10 @@ def doc_to_text_template(instruction: str) -> str:
 
 def _check_template(template: str, instruction: str, content: str) -> None:
     """Render ``template`` as lm-eval does and require exactly our input (e.g. Jinja rewrites "\\r\\n")."""
-    from lm_eval.utils import apply_template
-
+    try:
+        from lm_eval.utils import apply_template
+    except ImportError as err:
+        raise LmEvalError("lm-eval is not installed. Fix: pip install -c constraints.txt -e '.[lmeval]'") from err
     got, want = apply_template(template, {"content": content}), format_input(instruction, content, "paper")
     if got != want:
         raise LmEvalError(f"lm-eval would render instruction {instruction!r} as {got!r}, not {want!r}. "
