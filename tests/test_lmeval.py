@@ -90,7 +90,6 @@ def test_export_layout(tiny_run, mirror):
     units = len(TASKS) * len(GROUPS) * N_INSTRUCTIONS
     assert len(list((suite / "tasks").rglob("coin_rank__*.yaml"))) == units
     assert len(list((suite / "tasks").rglob("coin_generate__*.yaml"))) == units
-    group = lmeval._yaml  # noqa: F841  (the files are plain YAML apart from !function)
     import yaml
 
     clean = yaml.safe_load((suite / "groups" / "coin_robustness_clean.yaml").read_text())
