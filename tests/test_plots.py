@@ -213,3 +213,17 @@ def test_curves_saved_with_their_data(tmp_path, contrastive):
 def test_missing_log_names_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="train the run first"):
         read_log(tmp_path)
+
+
+def test_figure3_command_draws_a_summary_csv(tmp_path, capsys):
+    _summary().to_csv(tmp_path / "summary.csv", index=False)
+    assert figures.main(["figure3", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "fig"),
+                         "--roles", "run-coin=coin"]) == 0
+    assert {p.name for p in (tmp_path / "fig").iterdir()} == {f"fig3_robustness.{e}" for e in ("png", "pdf", "csv")}
+    drawn = pd.read_csv(tmp_path / "fig" / "fig3_robustness.csv")
+    assert drawn.loc[drawn["model"] == "base", "mean_acc"].tolist() == pytest.approx([0.5, 0.5])
+    assert figures.main(["figure3", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "fig")]) == 2
+    assert "nope.csv not found" in capsys.readouterr().err
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "other.csv", index=False)
+    assert figures.main(["figure3", str(tmp_path / "other.csv"), "--out", str(tmp_path / "fig")]) == 2
+    assert "not an evaluation summary" in capsys.readouterr().err

@@ -309,3 +309,47 @@ def save_training_curves(run_dir: str | Path, figures_dir: str | Path, title: st
     paths = save_figure(fig, log[cols], figures_dir, "training_curves")
     plt.close(fig)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def save_figure3(summary_csv: str | Path, out_dir: str | Path, roles: dict[str, str] | None = None) -> list[Path]:
+    """Figure 3 (``fig3_robustness`` .png/.pdf/.csv) from any evaluator's ``summary.csv``; a clear error if unusable."""
+    summary_csv = Path(summary_csv)
+    if not summary_csv.is_file():
+        raise FileNotFoundError(f"{summary_csv} not found. Fix: give the summary.csv of `python -m coinlib.evaluate` "
+                                "or `python -m coinlib.evaluate.lmeval summarize`.")
+    summary = pd.read_csv(summary_csv)
+    missing = {"model", "task", "group", "mean_acc", "std_acc"} - set(summary.columns)
+    if missing:
+        raise ValueError(f"{summary_csv} lacks column(s) {sorted(missing)}; it is not an evaluation summary.")
+    data = figure3_data(summary)
+    fig = plot_figure3(data, roles)
+    paths = save_figure(fig, data, out_dir, "fig3_robustness")
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coinlib.results.plots figure3 SUMMARY_CSV --out DIR [--roles MODEL=ROLE ...]``."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m coinlib.results.plots", description="Figures from evaluation tables.")
+    sub = ap.add_subparsers(dest="figure", required=True)
+    f3 = sub.add_parser("figure3", help="paper Figure 3 from a summary.csv")
+    f3.add_argument("summary_csv")
+    f3.add_argument("--out", required=True, help="folder for fig3_robustness.png/.pdf/.csv")
+    f3.add_argument("--roles", nargs="*", default=[], metavar="MODEL=ROLE", help="roles base, cit, coin (colours)")
+    args = ap.parse_args(argv)
+    roles = dict(r.split("=", 1) for r in args.roles if "=" in r)
+    try:
+        paths = save_figure3(args.summary_csv, args.out, roles)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("saved:", ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
