@@ -321,7 +321,7 @@ def across_seeds(per_seed: pd.DataFrame, by=("format", "arm", "reference", "grou
     and ``by``, e.g. :func:`long_format` rows of several seeds); one row per cell with ``seeds`` (the seeds used)."""
     by = [c for c in by if c in per_seed.columns]
     rows = []
-    for key, cell in per_seed.sort_values("seed").groupby(by, sort=False):
+    for key, cell in per_seed.sort_values("seed", kind="stable").groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         res = seed_test(cell["a"], cell["b"], cell["se"].to_numpy() if "se" in cell else None, alpha, power)
         rows.append({**dict(zip(by, key)), "seeds": " ".join(str(s) for s in cell["seed"]), **res})

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
@@ -340,15 +341,16 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
                         ax.fill_betweenx([y - 0.1, y + 0.1], -100 * r["mdd"], 100 * r["mdd"], color="#dddddd", lw=0)
                     lo, hi = 100 * (r["mean_diff"] - r["ci_low"]), 100 * (r["ci_high"] - r["mean_diff"])
                     err = None if pd.isna(lo) else [[lo], [hi]]
-                    ax.errorbar(100 * r["mean_diff"], y, xerr=err, fmt="o", color=color, capsize=3,
-                                label=labels.get(arm, arm) if gi == 0 else None)
+                    ax.errorbar(100 * r["mean_diff"], y, xerr=err, fmt="o", color=color, capsize=3)
         ax.axvline(0, color="#444444", lw=1)
         ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
         ax.set_xlabel("Δ (points)")
     axes[0].set_yticks(y0, [GROUP_LABELS.get(g, g) for g in groups])
     ref = labels.get(per_seed["reference"].iloc[0], per_seed["reference"].iloc[0]) if len(per_seed) else ""
     fmt = per_seed["format"].iloc[0] if len(per_seed) else ""
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    handles = [Line2D([], [], marker="o", ls="", color=palette[k % len(palette)], label=labels.get(a, a))
+               for k, a in enumerate(arms)]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.suptitle(f"arm − {ref} ({fmt} format): seeds (circles), mean ± 95% t-interval, grey ± minimum detectable "
                  "difference")
     fig.tight_layout()
