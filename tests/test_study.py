@@ -229,6 +229,8 @@ def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["base", "cit-s0", "coin-s0"]
     assert lines[1].endswith("done") and "to do: train, eval-train, eval-paper" in lines[2]
+    assert study.main([spec.source, "--base-only", "--plan"]) == 0
+    assert capsys.readouterr().out.split() == ["base", "to", "do:", "eval-train,", "eval-paper"]
     assert study.main([spec.source, "--print-params", "coin-s0:paper"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["run"]["name"] == "st-coin-s0-eval-paper" and printed["evaluate"]["input_format"] == "paper"

@@ -186,7 +186,7 @@ def eval_params(P: Params, fmt: str, adapter: Optional[str]) -> Params:
 def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
            formats: Iterable[str] | None = None, base_model: bool | None = None) -> list[RunPlan]:
     """Every run of the study (or of the given subsets), seed by seed and arm by arm (the base model first)."""
-    arms, seeds = list(arms or spec.arms), list(spec.seeds if seeds is None else seeds)
+    arms, seeds = list(spec.arms if arms is None else arms), list(spec.seeds if seeds is None else seeds)
     formats = list(formats or spec.formats)
     unknown = [a for a in arms if a not in spec.arms] + [f for f in formats if f not in FORMATS]
     if unknown:

@@ -263,10 +263,20 @@ def study_runs_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame
     })
 
 
-def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str = ALL_GROUPS) -> pd.DataFrame:
+def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str = ALL_GROUPS,
+                       target: float = 0.02, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
     """One row per metric of one format and arm (rows of :func:`coinlib.evaluate.compare.across_seeds`) at ``group``:
     reference and arm means over seeds, the mean difference with its t-interval, each seed's difference, the paired
-    t-test and sign-flip p-values, and the minimum detectable difference; in points (AUC x 100)."""
+    t-test and sign-flip p-values, the minimum detectable difference (MDD), in points (AUC x 100), and the seeds
+    needed for an MDD of ``target`` (:func:`coinlib.evaluate.compare.seeds_needed`; "> 100" when no number does)."""
+    from coinlib.evaluate.compare import seeds_needed
+
+    def needed(r) -> str:
+        if pd.isna(r["sd_diff"]) or pd.isna(r["se_inst"]):
+            return "–"
+        n = seeds_needed(r["sd_diff"], r["se_inst"], target, alpha, power)
+        return "> 100" if n is None else str(n)
+
     rows = across[across["group"] == group].set_index("metric")
     seeds = per_seed[per_seed["group"] == group]
     out = []
@@ -280,6 +290,7 @@ def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str 
             "Δ [95% t-interval]": f"{_pts(r['mean_diff'], True)} [{_pts(r['ci_low'], True)}, {_pts(r['ci_high'], True)}]",
             "Δ per seed": " ".join(_pts(v, True) for v in d["diff"]), "p (t)": _p(r["p_t"]),
             "p (sign-flip)": _p(r["p_perm"]), "MDD": _pts(r["mdd"]),
+            f"seeds for MDD {100 * target:g}": needed(r),
         })
     return pd.DataFrame(out)
 
@@ -319,12 +330,14 @@ def study_markdown(runs: pd.DataFrame, per_seed: pd.DataFrame, across: pd.DataFr
             f"and p (t): paired t-test over seeds (the evaluation sample held fixed); p (sign-flip): exact sign-flip "
             f"permutation test over seeds (at least 2/2^n: 0.25 with 3 seeds); MDD: minimum detectable difference at "
             f"alpha {alpha:g}, power {power:g}, from the seed-to-seed SD of Δ and the within-seed bootstrap SE "
-            f"(coinlib.evaluate.compare.min_detectable_difference).\n")
+            f"(coinlib.evaluate.compare.min_detectable_difference); seeds for MDD 2: the seeds that would bring the MDD "
+            f"to 2 points at this seed-to-seed SD and bootstrap SE.\n")
     if len(across):
         for (fmt, arm, ref), sub in across.groupby(["format", "arm", "reference"], sort=False):
             seeds = per_seed[(per_seed["format"] == fmt) & (per_seed["arm"] == arm)]
             title = f"{labels.get(arm, arm)} − {labels.get(ref, ref)}, {fmt} format"
-            parts += [f"\n### {title}: average over groups\n", to_markdown(study_across_table(sub, seeds)), "\n" + note,
+            parts += [f"\n### {title}: average over groups\n",
+                      to_markdown(study_across_table(sub, seeds, alpha=alpha, power=power)), "\n" + note,
                       f"\n### {title}: per group, Δ [t-interval] (MDD)\n", to_markdown(study_group_table(sub)),
                       f"\n### {title}: within each seed, Δ [95% paired bootstrap]\n", to_markdown(study_seed_table(seeds))]
     return "".join(parts)
