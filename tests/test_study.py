@@ -220,6 +220,27 @@ def test_only_pilot_runs_the_pilot_in_every_format(tmp_path, monkeypatch):
     assert fakes.trained == ["st-cit-s0"] and fakes.evaluated == ["st-cit-s0-eval-train", "st-cit-s0-eval-paper"]
 
 
+def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):
+    import torch
+
+    fakes, draws = Fakes(), {}
+
+    def train(P):
+        draws[P.run.name] = torch.rand(1).item()  # what the LoRA initialisation would draw
+        torch.manual_seed(1234)  # whatever a run leaves behind must not leak into the next one
+        return fakes.train(P)
+
+    spec = _fake_study(tmp_path, monkeypatch, fakes)
+    monkeypatch.setattr(study, "train", train)
+    assert study.run_study(spec, log=lambda _: None) == 0
+    expected = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        expected[seed] = torch.rand(1).item()
+    assert draws == {"st-cit-s0": expected[0], "st-coin-s0": expected[0], "st-cit-s1": expected[1],
+                     "st-coin-s1": expected[1]}
+
+
 def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
