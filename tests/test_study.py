@@ -31,7 +31,8 @@ def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
     cit, coin, xpos = by["cit-s1"].train, by["coin-s1"].train, by["coin-xpos-s1"].train
     assert (cit.run.name, cit.run.seed) == ("study-sentiment-cit-s1", 1)
     assert (cit.train.contrastive, coin.train.contrastive, xpos.train.contrastive) == (False, True, True)
-    assert xpos.data.extra_positive_levels == ["character", "word", "sentence"] and coin.data.extra_positive_levels == []
+    assert xpos.data.extra_positive_levels == ["character", "word", "sentence"]
+    assert coin.data.extra_positive_levels == []
     assert coin.train.lambda_ == 1000 and coin.train.batch_size == 8 and coin.train.max_steps == 80
     assert coin.data.tasks == ["sst2", "sentiment140", "imdb", "yelp"] and 480 <= coin.data.size <= 800
     # CIT and COIN of one seed share the built data (same data section and seed); another seed builds other data

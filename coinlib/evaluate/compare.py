@@ -288,7 +288,8 @@ def seed_test(a, b, se_inst=None, alpha: float = 0.05, power: float = 0.8) -> di
     """Paired test over seeds of ``a - b`` (one value per seed, paired by seed): :data:`SEED_COLUMNS`.
 
     ``t``, ``p_t``: one-sample t-test of the differences against 0 (``scipy.stats.ttest_1samp``, df n - 1), with the
-    t-interval ``ci_low``, ``ci_high`` at level 1 - alpha; it treats the evaluation sample as fixed (the seeds share it).
+    t-interval ``ci_low``, ``ci_high`` at level 1 - alpha; it treats the evaluation sample as fixed (the seeds share
+    it).
     ``p_perm``: exact sign-flip permutation test (:func:`sign_flip_p`). ``se_inst``: mean over seeds of the within-seed
     bootstrap standard errors (NaN when not given); ``se_total = sqrt(sd_diff^2 / n + se_inst^2)``; ``mdd``: the
     :func:`min_detectable_difference` at ``alpha`` and ``power``.

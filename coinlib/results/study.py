@@ -175,7 +175,8 @@ def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
 
 
 def eval_params(P: Params, fmt: str, adapter: Optional[str]) -> Params:
-    """Evaluation of ``adapter`` (a run name; None = the base model) in input format ``fmt``, run ``<run>-eval-<fmt>``."""
+    """Evaluation of ``adapter`` (a run name; None = the base model) in input format ``fmt``, as run
+    ``<run>-eval-<fmt>``."""
     values = P.model_dump(by_alias=True, exclude={"base"})
     values["base"] = None
     values["run"]["name"] = f"{P.run.name}-eval-{fmt}"

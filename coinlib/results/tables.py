@@ -229,7 +229,8 @@ def _require(frame: pd.DataFrame, columns: Iterable[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- multi-seed study
 STUDY_METRICS = {
-    "cal_acc": "calibrated accuracy", "auc": "ROC AUC of the margin", "std_cal_acc": "std over instructions (cal. acc.)",
+    "cal_acc": "calibrated accuracy", "auc": "ROC AUC of the margin",
+    "std_cal_acc": "std over instructions (cal. acc.)",
     "flip_rate_cal": "flip rate (calibrated)", "acc": "accuracy", "instr_std": "std over instructions (accuracy)",
     "flip_rate": "flip rate",
 }
@@ -287,7 +288,8 @@ def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str 
         d = seeds[seeds["metric"] == metric].sort_values("seed")
         out.append({
             "metric": name, "reference": _pts(r["mean_b"]), "arm": _pts(r["mean_a"]),
-            "Δ [95% t-interval]": f"{_pts(r['mean_diff'], True)} [{_pts(r['ci_low'], True)}, {_pts(r['ci_high'], True)}]",
+            "Δ [95% t-interval]":
+                f"{_pts(r['mean_diff'], True)} [{_pts(r['ci_low'], True)}, {_pts(r['ci_high'], True)}]",
             "Δ per seed": " ".join(_pts(v, True) for v in d["diff"]), "p (t)": _p(r["p_t"]),
             "p (sign-flip)": _p(r["p_perm"]), "MDD": _pts(r["mdd"]),
             f"seeds for MDD {100 * target:g}": needed(r),
@@ -326,11 +328,13 @@ def study_markdown(runs: pd.DataFrame, per_seed: pd.DataFrame, across: pd.DataFr
                    alpha: float = 0.05, power: float = 0.8) -> str:
     """The study's Markdown: every run, then per format and arm the across-seed tests, per group, and per seed."""
     parts = ["### Runs\n", to_markdown(study_runs_table(runs, labels))]
-    note = (f"Δ = arm − reference in points (AUC × 100), averaged over the groups' tasks and instructions; t-interval "
+    note = (f"Δ = arm − reference in points (AUC × 100), averaged over the groups' tasks and instructions; "
+            f"t-interval "
             f"and p (t): paired t-test over seeds (the evaluation sample held fixed); p (sign-flip): exact sign-flip "
             f"permutation test over seeds (at least 2/2^n: 0.25 with 3 seeds); MDD: minimum detectable difference at "
             f"alpha {alpha:g}, power {power:g}, from the seed-to-seed SD of Δ and the within-seed bootstrap SE "
-            f"(coinlib.evaluate.compare.min_detectable_difference); seeds for MDD 2: the seeds that would bring the MDD "
+            f"(coinlib.evaluate.compare.min_detectable_difference); seeds for MDD 2: the seeds that would bring the "
+            f"MDD "
             f"to 2 points at this seed-to-seed SD and bootstrap SE.\n")
     if len(across):
         for (fmt, arm, ref), sub in across.groupby(["format", "arm", "reference"], sort=False):
@@ -339,5 +343,6 @@ def study_markdown(runs: pd.DataFrame, per_seed: pd.DataFrame, across: pd.DataFr
             parts += [f"\n### {title}: average over groups\n",
                       to_markdown(study_across_table(sub, seeds, alpha=alpha, power=power)), "\n" + note,
                       f"\n### {title}: per group, Δ [t-interval] (MDD)\n", to_markdown(study_group_table(sub)),
-                      f"\n### {title}: within each seed, Δ [95% paired bootstrap]\n", to_markdown(study_seed_table(seeds))]
+                      f"\n### {title}: within each seed, Δ [95% paired bootstrap]\n",
+                      to_markdown(study_seed_table(seeds))]
     return "".join(parts)
