@@ -121,6 +121,9 @@ def test_label_free_point_estimates_and_differences():
     expected = {
         "auc": [(0.875, 1.0), (0.6875, 0.75), (0.78125, 0.875)],
         "cal_acc": [(0.75, 1.0), (0.625, 0.75), (0.6875, 0.875)],
+        # per-instruction calibrated accuracies: a clean 1, 0.5; a checklist 0.5, 0.75; b clean 1, 1; b checklist
+        # 1, 0.5 -> population std over the two instructions
+        "std_cal_acc": [(0.25, 0.0), (0.125, 0.25), (0.1875, 0.125)],
         "flip_rate": [(np.nan, np.nan), (0.125, 0.125), (0.125, 0.125)],
         "flip_rate_cal": [(np.nan, np.nan), (0.375, 0.25), (0.375, 0.25)],
     }

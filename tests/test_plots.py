@@ -227,3 +227,23 @@ def test_figure3_command_draws_a_summary_csv(tmp_path, capsys):
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "other.csv", index=False)
     assert figures.main(["figure3", str(tmp_path / "other.csv"), "--out", str(tmp_path / "fig")]) == 2
     assert "not an evaluation summary" in capsys.readouterr().err
+
+
+def test_seed_differences_draws_each_seed_and_the_mean_with_its_interval():
+    per_seed = pd.DataFrame({"format": "train", "arm": "coin", "reference": "cit", "group": ["clean"] * 3,
+                             "metric": "cal_acc", "seed": [0, 1, 2], "diff": [0.01, 0.03, 0.05]})
+    across = pd.DataFrame({"format": ["train"], "arm": ["coin"], "reference": ["cit"], "group": ["clean"],
+                           "metric": ["cal_acc"], "mean_diff": [0.03], "ci_low": [-0.02], "ci_high": [0.08],
+                           "mdd": [0.06]})
+    fig = figures.plot_seed_differences(per_seed, across, {"coin": "COIN", "cit": "CIT"}, metrics=("cal_acc",))
+    ax = fig.axes[0]
+    seeds = [c for c in ax.collections if c.get_offsets().shape[0] == 3][0]
+    assert sorted(seeds.get_offsets()[:, 0]) == pytest.approx([1, 3, 5])  # points, in percentage points
+    mean_line = [ln for ln in ax.lines if len(ln.get_xdata()) == 1 and ln.get_marker() == "o"][0]
+    assert mean_line.get_xdata()[0] == pytest.approx(3)
+    bar = [c for c in ax.collections if type(c).__name__ == "LineCollection"][0].get_segments()[0]
+    assert sorted(bar[:, 0]) == pytest.approx([-2, 8])  # the t-interval
+    band = [c for c in ax.collections if type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection")][0]
+    xs = band.get_paths()[0].vertices[:, 0]
+    assert (xs.min(), xs.max()) == pytest.approx((-6, 6))  # +- the minimum detectable difference
+    assert "CIT" in fig._suptitle.get_text()

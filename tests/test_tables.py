@@ -190,3 +190,28 @@ def test_lambda_mapping_is_checked_against_the_runs_params(tmp_path):
     (tmp_path / "lam" / "params.yaml").write_text("train:\n  lambda: 100\n")
     with pytest.raises(ValueError, match="records train.lambda 100"):
         lambda_runs(P)
+
+
+def test_study_across_table_shows_the_seed_test_in_points():
+    from coinlib.results.tables import study_across_table, study_markdown
+
+    # differences 0.01, 0.03, 0.05 (SD 0.02) with bootstrap SE 0.01: t-interval 0.03 -+ 0.049683, MDD 0.081926
+    across = pd.DataFrame([dict(format="train", arm="coin", reference="cit", group="average", metric="cal_acc",
+                                seeds="0 1 2", n_seeds=3, mean_a=0.83, mean_b=0.80, mean_diff=0.03, sd_diff=0.02,
+                                n_positive=3, t=2.598, p_t=0.1217, ci_low=-0.019683, ci_high=0.079683, p_perm=0.25,
+                                se_inst=0.01, se_total=0.015275, mdd=0.081926)])
+    per_seed = pd.DataFrame({"format": "train", "arm": "coin", "reference": "cit", "group": "average",
+                             "metric": "cal_acc", "seed": [2, 0, 1], "a": 0.8, "b": 0.8, "diff": [0.05, 0.01, 0.03],
+                             "diff_low": 0.0, "diff_high": 0.1, "se": 0.01})
+    row = study_across_table(across, per_seed).iloc[0]
+    assert row["metric"] == "calibrated accuracy" and (row["reference"], row["arm"]) == ("80.0", "83.0")
+    assert row["Δ [95% t-interval]"] == "+3.0 [-2.0, +8.0]" and row["Δ per seed"] == "+1.0 +3.0 +5.0"
+    assert (row["p (t)"], row["p (sign-flip)"], row["MDD"]) == ("0.12", "0.25", "8.2")
+    # (1.96 + 0.84) x 0.01 = 0.028 > 0.02 however many seeds: the instance sample limits the design
+    assert row["seeds for MDD 2"] == "> 100"
+    # SE 0.001: n = 10 gives (2.262 + 0.883) x sqrt(0.0004 / 10 + 1e-6) = 0.0201, n = 11 gives 0.0190
+    assert study_across_table(across.assign(se_inst=0.001), per_seed).iloc[0]["seeds for MDD 2"] == "11"
+    runs = pd.DataFrame({"run": ["cit-s0"], "arm": ["cit"], "seed": [0], "format": ["train"], "status": ["done"],
+                         "steps": [80], "train_s": [600.0], "eval_s": [300.0], "cal_acc": [0.8]})
+    text = study_markdown(runs, per_seed, across, {"cit": "CIT", "coin": "COIN"})
+    assert "| cit-s0 | CIT | 0 | train | done | 80 | 10.0 | 5.0 |" in text and "COIN − CIT, train format" in text

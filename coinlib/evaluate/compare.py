@@ -14,8 +14,14 @@ Rows come per group and for ``"average"`` (every group pooled: mean accuracy and
 The label-free metrics of :mod:`coinlib.evaluate.metrics` come with the same kind of interval (columns
 ``{metric}_a``, ``_b``, ``_diff``, ``_diff_low``, ``_diff_high``), from the same seed and the same draws, averaged
 over instructions and tasks like ``acc``: ``auc`` (recomputed on every resample), ``cal_acc`` (thresholds set once on
-the full sample and held fixed), ``flip_rate`` and ``flip_rate_cal`` (perturbed groups only; ``"average"`` pools the
-perturbed groups). They are NaN where the predictions carry no label scores (``generate`` mode).
+the full sample and held fixed), ``std_cal_acc`` (the population std of the per-instruction calibrated accuracies
+within a task, averaged over tasks: ``instr_std`` for calibrated answers), ``flip_rate`` and ``flip_rate_cal``
+(perturbed groups only; ``"average"`` pools the perturbed groups). They are NaN where the predictions carry no label
+scores (``generate`` mode).
+
+Across training seeds (the same evaluation sample, one paired bootstrap per seed), :func:`across_seeds` tests the
+per-seed differences: a paired t-test with its t-interval, an exact sign-flip permutation test, and the minimum
+detectable difference of the design (:func:`min_detectable_difference`).
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from coinlib.evaluate.metrics import (
     pooled_std,
 )
 
-LABEL_FREE = ("auc", "cal_acc", "flip_rate", "flip_rate_cal")
+LABEL_FREE = ("auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal")
 COMPARE_COLUMNS = [
     "group", "model_a", "model_b", "acc_a", "acc_b", "acc_diff", "acc_diff_low", "acc_diff_high", "p_better",
     "std_a", "std_b", "std_diff", "std_diff_low", "std_diff_high", "n_tasks",
     "n_instances", *[f"{m}_{part}" for m in LABEL_FREE for part in ("a", "b", "diff", "diff_low", "diff_high")],
 ]
 CLEAN = "clean"
+NAN = float("nan")
 
 
 def _cube(predictions: pd.DataFrame, model: str, groups: list[str]) -> dict[str, np.ndarray]:
@@ -166,8 +173,10 @@ def _task_arrays(frame: pd.DataFrame, groups: list[str]) -> dict[str, object]:
 def _label_free_stats(arrays: dict, weights: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
     """``[replicates, group]`` of each label-free metric, for instance ``weights`` ``[replicates, instance]``."""
     n = weights.shape[1]
-    stats = {m: np.einsum("bn,gin->bgi", weights, arrays[m]).mean(-1) / n for m in ("cal_acc", "flip_rate",
-                                                                                   "flip_rate_cal")}
+    per_instruction = {m: np.einsum("bn,gin->bgi", weights, arrays[m]) / n for m in ("cal_acc", "flip_rate",
+                                                                                    "flip_rate_cal")}
+    stats = {m: v.mean(-1) for m, v in per_instruction.items()}
+    stats["std_cal_acc"] = per_instruction["cal_acc"].std(-1)
     auc = np.full((len(weights), n_groups), np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -212,3 +221,116 @@ def _label_free_paired(predictions: pd.DataFrame, models: tuple[str, str], group
             columns.update({f"{metric}_a": a, f"{metric}_b": b, f"{metric}_diff": a - b, f"{metric}_diff_low": low,
                             f"{metric}_diff_high": high})
     return pd.DataFrame(columns)
+
+
+# ------------------------------------------------------------------------------------------------ across seeds
+#: Metrics of :func:`paired_bootstrap` (each with ``_a``, ``_b``, ``_diff``, ``_diff_low``, ``_diff_high`` columns).
+PAIRED_METRICS = ("acc", "instr_std", *LABEL_FREE)
+SEED_COLUMNS = ["n_seeds", "mean_a", "mean_b", "mean_diff", "sd_diff", "n_positive", "t", "p_t", "ci_low", "ci_high",
+                "p_perm", "se_inst", "se_total", "mdd"]
+
+
+def long_format(paired: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """:func:`paired_bootstrap` output as one row per group x metric (:data:`PAIRED_METRICS`) with columns ``group,
+    metric, a, b, diff, diff_low, diff_high, se``; ``se`` is the bootstrap standard error read from the percentile
+    interval as its width / (2 z), z the normal quantile of ``level``."""
+    from scipy import stats
+
+    z = stats.norm.ppf(0.5 + level / 2)
+    parts = []
+    for metric in PAIRED_METRICS:
+        part = paired[["group", *[f"{metric}_{p}" for p in ("a", "b", "diff", "diff_low", "diff_high")]]].copy()
+        part.columns = ["group", "a", "b", "diff", "diff_low", "diff_high"]
+        part.insert(1, "metric", metric)
+        part["se"] = (part["diff_high"] - part["diff_low"]) / (2 * z)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def sign_flip_p(diffs) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean of paired differences (H0: symmetric about 0).
+
+    Every one of the ``2^n`` sign patterns is enumerated; p is the share whose |mean| reaches the observed |mean|.
+    With n seeds the smallest attainable p is ``2 / 2^n`` (0.25 for 3 seeds, 0.0625 for 5).
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.size == 0 or np.isnan(d).any():
+        return NAN
+    if d.size > 20:
+        raise ValueError(f"sign_flip_p enumerates 2^n patterns; n={d.size} is too many (at most 20)")
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * d.size, indexing="ij")).reshape(d.size, -1).T
+    means = np.abs(signs @ d) / d.size
+    return float((means >= abs(d.mean()) - 1e-12).mean())
+
+
+def min_detectable_difference(sd_seed: float, se_inst: float, n_seeds: int, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """Smallest true difference a two-sided test at ``alpha`` detects with probability ``power``.
+
+    ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sqrt(sd_seed^2 / n + se_inst^2)``: ``sd_seed`` is the seed-to-seed SD
+    of the paired differences (training randomness; shrinks with more seeds), ``se_inst`` the within-seed bootstrap
+    standard error (the shared instance sample; the same for every seed, so more seeds do not shrink it). NaN with
+    fewer than two seeds.
+    """
+    from scipy import stats
+
+    if n_seeds < 2 or np.isnan(sd_seed) or np.isnan(se_inst):
+        return NAN
+    df = n_seeds - 1
+    factor = stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)
+    return float(factor * np.sqrt(sd_seed ** 2 / n_seeds + se_inst ** 2))
+
+
+def seeds_needed(sd_seed: float, se_inst: float, target: float, alpha: float = 0.05, power: float = 0.8,
+                 max_seeds: int = 100) -> int | None:
+    """Fewest seeds whose :func:`min_detectable_difference` is at most ``target``; None if ``max_seeds`` do not suffice
+    (when ``se_inst`` alone exceeds about ``target / 2.8`` no number of seeds does: evaluate more instances)."""
+    for n in range(2, max_seeds + 1):
+        if min_detectable_difference(sd_seed, se_inst, n, alpha, power) <= target:
+            return n
+    return None
+
+
+def seed_test(a, b, se_inst=None, alpha: float = 0.05, power: float = 0.8) -> dict[str, float]:
+    """Paired test over seeds of ``a - b`` (one value per seed, paired by seed): :data:`SEED_COLUMNS`.
+
+    ``t``, ``p_t``: one-sample t-test of the differences against 0 (``scipy.stats.ttest_1samp``, df n - 1), with the
+    t-interval ``ci_low``, ``ci_high`` at level 1 - alpha; it treats the evaluation sample as fixed (the seeds share
+    it).
+    ``p_perm``: exact sign-flip permutation test (:func:`sign_flip_p`). ``se_inst``: mean over seeds of the within-seed
+    bootstrap standard errors (NaN when not given); ``se_total = sqrt(sd_diff^2 / n + se_inst^2)``; ``mdd``: the
+    :func:`min_detectable_difference` at ``alpha`` and ``power``.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = a - b
+    n = int(d.size)
+    se = float(np.mean(se_inst)) if se_inst is not None and len(se_inst) else NAN
+    out = dict(n_seeds=n, mean_a=float(a.mean()) if n else NAN, mean_b=float(b.mean()) if n else NAN,
+               mean_diff=float(d.mean()) if n else NAN, sd_diff=NAN, n_positive=int((d > 0).sum()), t=NAN, p_t=NAN,
+               ci_low=NAN, ci_high=NAN, p_perm=sign_flip_p(d) if n else NAN, se_inst=se, se_total=NAN, mdd=NAN)
+    if n < 2 or np.isnan(d).any():
+        return out
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1) * sd / np.sqrt(n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_1samp(d, 0.0)
+    out.update(sd_diff=sd, t=float(test.statistic), p_t=float(test.pvalue), ci_low=out["mean_diff"] - half,
+               ci_high=out["mean_diff"] + half, se_total=float(np.sqrt(sd ** 2 / n + se ** 2)),
+               mdd=min_detectable_difference(sd, se, n, alpha, power))
+    return out
+
+
+def across_seeds(per_seed: pd.DataFrame, by=("format", "arm", "reference", "group", "metric"), alpha: float = 0.05,
+                 power: float = 0.8) -> pd.DataFrame:
+    """:func:`seed_test` per ``by`` cell of a table of per-seed paired results (columns ``seed``, ``a``, ``b``, ``se``
+    and ``by``, e.g. :func:`long_format` rows of several seeds); one row per cell with ``seeds`` (the seeds used)."""
+    by = [c for c in by if c in per_seed.columns]
+    rows = []
+    for key, cell in per_seed.sort_values("seed", kind="stable").groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        res = seed_test(cell["a"], cell["b"], cell["se"].to_numpy() if "se" in cell else None, alpha, power)
+        rows.append({**dict(zip(by, key)), "seeds": " ".join(str(s) for s in cell["seed"]), **res})
+    return pd.DataFrame(rows, columns=[*by, "seeds", *SEED_COLUMNS])

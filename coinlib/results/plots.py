@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
@@ -309,6 +310,53 @@ def save_training_curves(run_dir: str | Path, figures_dir: str | Path, title: st
     paths = save_figure(fig, log[cols], figures_dir, "training_curves")
     plt.close(fig)
     return paths
+
+
+def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: dict[str, str] | None = None,
+                          metrics: tuple[str, ...] = ("cal_acc", "auc", "std_cal_acc", "flip_rate_cal")) -> plt.Figure:
+    """Arm minus reference per group for one input format: each seed's difference as a point, the mean over seeds
+    with its 95% t-interval, and a grey band of ± the minimum detectable difference (rows of
+    :func:`coinlib.evaluate.compare.long_format` per seed and of :func:`coinlib.evaluate.compare.across_seeds`)."""
+    from coinlib.results.tables import STUDY_METRICS
+
+    use_style()
+    labels = labels or {}
+    groups = list(dict.fromkeys(per_seed["group"]))
+    arms = list(dict.fromkeys(per_seed["arm"]))
+    y0 = np.arange(len(groups))[::-1].astype(float)
+    offsets = np.linspace(-0.18, 0.18, len(arms)) if len(arms) > 1 else np.zeros(1)
+    palette = [ROLE_COLORS["coin"], "#4c72b0", "#c44e52", "#8172b3", "#937860"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 0.5 * len(groups) + 1.8), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics):
+        for k, arm in enumerate(arms):
+            color = palette[k % len(palette)]
+            seeds = per_seed[(per_seed["arm"] == arm) & (per_seed["metric"] == metric)]
+            summary = across[(across["arm"] == arm) & (across["metric"] == metric)].set_index("group")
+            for gi, group in enumerate(groups):
+                y = y0[gi] + offsets[k]
+                d = 100 * seeds.loc[seeds["group"] == group, "diff"].to_numpy()
+                ax.scatter(d, np.full(d.shape, y + 0.08), s=14, facecolors="none", edgecolors=color, lw=1)
+                if group in summary.index and not pd.isna(summary.loc[group, "mean_diff"]):
+                    r = summary.loc[group]
+                    if not pd.isna(r["mdd"]):
+                        ax.fill_betweenx([y - 0.1, y + 0.1], -100 * r["mdd"], 100 * r["mdd"], color="#dddddd", lw=0)
+                    lo, hi = 100 * (r["mean_diff"] - r["ci_low"]), 100 * (r["ci_high"] - r["mean_diff"])
+                    err = None if pd.isna(lo) else [[lo], [hi]]
+                    ax.errorbar(100 * r["mean_diff"], y, xerr=err, fmt="o", color=color, capsize=3)
+        ax.axvline(0, color="#444444", lw=1)
+        ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
+        ax.set_xlabel("Δ (points)")
+    axes[0].set_yticks(y0, [GROUP_LABELS.get(g, g) for g in groups])
+    ref = labels.get(per_seed["reference"].iloc[0], per_seed["reference"].iloc[0]) if len(per_seed) else ""
+    fmt = per_seed["format"].iloc[0] if len(per_seed) else ""
+    handles = [Line2D([], [], marker="o", ls="", color=palette[k % len(palette)], label=labels.get(a, a))
+               for k, a in enumerate(arms)]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(f"arm − {ref} ({fmt} format): seeds (circles), mean ± 95% t-interval, grey ± minimum detectable "
+                 "difference")
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -208,3 +208,124 @@ def _require(frame: pd.DataFrame, columns: Iterable[str]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"table lacks the columns {missing}; has {list(frame.columns)}")
+
+
+# ---------------------------------------------------------------------------------------------- multi-seed study
+STUDY_METRICS = {
+    "cal_acc": "calibrated accuracy", "auc": "ROC AUC of the margin",
+    "std_cal_acc": "std over instructions (cal. acc.)",
+    "flip_rate_cal": "flip rate (calibrated)", "acc": "accuracy", "instr_std": "std over instructions (accuracy)",
+    "flip_rate": "flip rate",
+}
+
+
+def _pts(v: float, signed: bool = False) -> str:
+    return "–" if v is None or pd.isna(v) else (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}")
+
+
+def _p(v: float) -> str:
+    return "–" if v is None or pd.isna(v) else f"{v:.2f}" if v >= 0.01 else f"{v:.0e}"
+
+
+def study_runs_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Display layout of the study's run list (:func:`coinlib.results.study.committed_runs`): every run and format,
+    done or not, with wall times in minutes and headline metrics in %."""
+    def minutes(v):
+        return "–" if v is None or pd.isna(v) else f"{v / 60:.1f}"
+
+    def cell(r, c):
+        return _pts(r[c]) if c in r.index else "–"
+
+    return pd.DataFrame({
+        "run": runs["run"], "arm": runs["arm"].map(lambda a: labels.get(a, a)),
+        "seed": runs["seed"].map(lambda s: "–" if pd.isna(s) else str(int(s))), "format": runs["format"],
+        "status": runs["status"], "steps": runs["steps"].map(lambda s: "–" if pd.isna(s) else str(int(s))),
+        "train (min)": runs["train_s"].map(minutes), "eval (min)": runs["eval_s"].map(minutes),
+        **{name: [cell(r, c) for _, r in runs.iterrows()] for c, name in (
+            ("acc", "acc"), ("cal_acc", "cal. acc"), ("clean_cal_acc", "clean cal. acc"), ("auc", "AUC"),
+            ("std_cal_acc", "std cal. acc"), ("flip_rate_cal", "flip (cal.)"))},
+    })
+
+
+def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str = ALL_GROUPS,
+                       target: float = 0.02, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+    """One row per metric of one format and arm (rows of :func:`coinlib.evaluate.compare.across_seeds`) at ``group``:
+    reference and arm means over seeds, the mean difference with its t-interval, each seed's difference, the paired
+    t-test and sign-flip p-values, the minimum detectable difference (MDD), in points (AUC x 100), and the seeds
+    needed for an MDD of ``target`` (:func:`coinlib.evaluate.compare.seeds_needed`; "> 100" when no number does)."""
+    from coinlib.evaluate.compare import seeds_needed
+
+    def needed(r) -> str:
+        if pd.isna(r["sd_diff"]) or pd.isna(r["se_inst"]):
+            return "–"
+        n = seeds_needed(r["sd_diff"], r["se_inst"], target, alpha, power)
+        return "> 100" if n is None else str(n)
+
+    rows = across[across["group"] == group].set_index("metric")
+    seeds = per_seed[per_seed["group"] == group]
+    out = []
+    for metric, name in STUDY_METRICS.items():
+        if metric not in rows.index:
+            continue
+        r = rows.loc[metric]
+        d = seeds[seeds["metric"] == metric].sort_values("seed")
+        out.append({
+            "metric": name, "reference": _pts(r["mean_b"]), "arm": _pts(r["mean_a"]),
+            "Δ [95% t-interval]":
+                f"{_pts(r['mean_diff'], True)} [{_pts(r['ci_low'], True)}, {_pts(r['ci_high'], True)}]",
+            "Δ per seed": " ".join(_pts(v, True) for v in d["diff"]), "p (t)": _p(r["p_t"]),
+            "p (sign-flip)": _p(r["p_perm"]), "MDD": _pts(r["mdd"]),
+            f"seeds for MDD {100 * target:g}": needed(r),
+        })
+    return pd.DataFrame(out)
+
+
+def study_group_table(across: pd.DataFrame, metrics: Sequence[str] = ("cal_acc", "auc", "std_cal_acc",
+                                                                       "flip_rate_cal")) -> pd.DataFrame:
+    """Per group: "Δ [t-interval] (MDD)" of each metric across seeds, in points."""
+    groups = list(dict.fromkeys(across["group"]))
+    cells = {}
+    for metric in metrics:
+        sub = across[across["metric"] == metric].set_index("group")
+        cells[STUDY_METRICS[metric]] = [
+            f"{_pts(sub.loc[g, 'mean_diff'], True)} [{_pts(sub.loc[g, 'ci_low'], True)}, "
+            f"{_pts(sub.loc[g, 'ci_high'], True)}] ({_pts(sub.loc[g, 'mdd'])})" if g in sub.index else "–"
+            for g in groups]
+    return pd.DataFrame({"group": groups, **cells})
+
+
+def study_seed_table(per_seed: pd.DataFrame, group: str = ALL_GROUPS,
+                     metrics: Sequence[str] = ("cal_acc", "auc", "std_cal_acc", "flip_rate_cal")) -> pd.DataFrame:
+    """Within each seed: "Δ [95% paired-bootstrap interval]" per metric at ``group``, in points."""
+    rows = per_seed[per_seed["group"] == group]
+    out = []
+    for seed, sub in rows.groupby("seed", sort=True):
+        sub = sub.set_index("metric")
+        out.append({"seed": str(seed), **{
+            STUDY_METRICS[m]: f"{_pts(sub.loc[m, 'diff'], True)} [{_pts(sub.loc[m, 'diff_low'], True)}, "
+                              f"{_pts(sub.loc[m, 'diff_high'], True)}]" if m in sub.index else "–" for m in metrics}})
+    return pd.DataFrame(out)
+
+
+def study_markdown(runs: pd.DataFrame, per_seed: pd.DataFrame, across: pd.DataFrame, labels: dict[str, str],
+                   alpha: float = 0.05, power: float = 0.8) -> str:
+    """The study's Markdown: every run, then per format and arm the across-seed tests, per group, and per seed."""
+    parts = ["### Runs\n", to_markdown(study_runs_table(runs, labels))]
+    note = (f"Δ = arm − reference in points (AUC × 100), averaged over the groups' tasks and instructions; "
+            f"t-interval "
+            f"and p (t): paired t-test over seeds (the evaluation sample held fixed); p (sign-flip): exact sign-flip "
+            f"permutation test over seeds (at least 2/2^n: 0.25 with 3 seeds); MDD: minimum detectable difference at "
+            f"alpha {alpha:g}, power {power:g}, from the seed-to-seed SD of Δ and the within-seed bootstrap SE "
+            f"(coinlib.evaluate.compare.min_detectable_difference); seeds for MDD 2: the seeds that would bring the "
+            f"MDD "
+            f"to 2 points at this seed-to-seed SD and bootstrap SE.\n")
+    if len(across):
+        for (fmt, arm, ref), sub in across.groupby(["format", "arm", "reference"], sort=False):
+            seeds = per_seed[(per_seed["format"] == fmt) & (per_seed["arm"] == arm)]
+            title = f"{labels.get(arm, arm)} − {labels.get(ref, ref)}, {fmt} format"
+            parts += [f"\n### {title}: average over groups\n",
+                      to_markdown(study_across_table(sub, seeds, alpha=alpha, power=power)), "\n" + note,
+                      f"\n### {title}: per group, Δ [t-interval] (MDD)\n", to_markdown(study_group_table(sub)),
+                      f"\n### {title}: within each seed, Δ [95% paired bootstrap]\n",
+                      to_markdown(study_seed_table(seeds))]
+    return "".join(parts)

@@ -1,0 +1,357 @@
+"""The multi-seed study: spec expansion, the go/no-go gate, resuming from committed outputs, across-seed statistics,
+and an end-to-end dry run on the tiny model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+import coinlib.results.study as study
+from coinlib.core.params import PARAMS_DIR
+from coinlib.evaluate.compare import across_seeds, long_format, min_detectable_difference, seed_test, seeds_needed, \
+    sign_flip_p
+
+SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
+
+
+# ------------------------------------------------------------------------------------------------ spec expansion
+def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
+    spec = study.load_spec(SPEC)
+    plans = study.expand(spec)
+    assert [p.key for p in plans] == ["base", "cit-s0", "coin-s0", "coin-xpos-s0", "cit-s1", "coin-s1",
+                                      "coin-xpos-s1", "cit-s2", "coin-s2", "coin-xpos-s2"]
+    by = {p.key: p for p in plans}
+    cit, coin, xpos = by["cit-s1"].train, by["coin-s1"].train, by["coin-xpos-s1"].train
+    assert (cit.run.name, cit.run.seed) == ("study-sentiment-cit-s1", 1)
+    assert (cit.train.contrastive, coin.train.contrastive, xpos.train.contrastive) == (False, True, True)
+    assert xpos.data.extra_positive_levels == ["character", "word", "sentence"]
+    assert coin.data.extra_positive_levels == []
+    assert coin.train.lambda_ == 1000 and coin.train.batch_size == 8 and coin.train.max_steps == 80
+    assert coin.data.tasks == ["sst2", "sentiment140", "imdb", "yelp"] and 480 <= coin.data.size <= 800
+    # CIT and COIN of one seed share the built data (same data section and seed); another seed builds other data
+    assert cit.data_dir == coin.data_dir != by["cit-s2"].train.data_dir
+    # the training differs only where the arms say
+    assert cit.train.model_dump(exclude={"contrastive"}) == coin.train.model_dump(exclude={"contrastive"})
+    assert xpos.train == coin.train and xpos.model == coin.model == cit.model
+    for p in plans:
+        assert list(p.evals) == ["train", "paper"]
+        for fmt, e in p.evals.items():
+            assert e.evaluate.input_format == fmt and e.evaluate.scoring == "rank"
+            assert (e.evaluate.tasks, e.evaluate.n_per_task, e.evaluate.n_instructions) == (["sst2"], 200, None)
+            assert e.evaluate.groups == ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
+            assert e.evaluate.prompt_set == "coin_eval_prompts"
+            if p.train is None:
+                assert (e.evaluate.include_base, e.evaluate.adapters) == (True, [])
+                assert e.run.name == f"study-sentiment-base-eval-{fmt}"
+            else:
+                assert (e.evaluate.include_base, e.evaluate.adapters) == (False, [p.train.run.name])
+                assert e.run.name == f"{p.train.run.name}-eval-{fmt}"
+                assert e.run_dir.parent / p.train.run.name == p.train.run_dir  # the runner finds the adapter
+    assert study.pilot_plan(spec).key == "cit-s0" and list(study.pilot_plan(spec).evals) == ["train", "paper"]
+    subset = study.expand(spec, arms=["coin"], seeds=[4], formats=["paper"], base_model=False)
+    assert [(p.key, list(p.evals)) for p in subset] == [("coin-s4", ["paper"])]
+
+
+def _write_spec(tmp_path: Path, recipe: dict, **spec) -> Path:
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    values = {"name": "st", "params": "recipe.yaml", "committed_root": str(tmp_path / "committed"),
+              "arms": {"cit": {"label": "CIT", "train": {"contrastive": False}}, "coin": {"label": "COIN"}},
+              "seeds": [0, 1], "formats": ["train", "paper"], "n_boot": 50, **spec}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def _recipe(tmp_path: Path, **sections) -> dict:
+    values = {"base": str(PARAMS_DIR / "study-sentiment.yaml"), "run": {"output_root": str(tmp_path / "runs")}}
+    for k, v in sections.items():
+        values[k] = {**values.get(k, {}), **v}
+    return values
+
+
+@pytest.mark.parametrize("spec, fragments", [
+    pytest.param({"arms": {"cit": {"label": "CIT", "train": {"lamda": 1}}}}, ["arms.cit", "train.lamda", "lambda"],
+                 id="bad-override"),
+    pytest.param({"reference": "coin2"}, ["reference 'coin2' is not an arm"], id="unknown-reference"),
+    pytest.param({"gate": {"format": "chat"}}, ["gate.format 'chat'"], id="gate-format"),
+    pytest.param({"sedes": [0]}, ["sedes", "Extra inputs"], id="unknown-key"),
+    pytest.param({"params": "nowhere.yaml"}, ["params file 'nowhere.yaml' not found"], id="missing-recipe"),
+])
+def test_bad_spec_names_the_key_and_the_fix(tmp_path, spec, fragments):
+    path = _write_spec(tmp_path, _recipe(tmp_path), **spec)
+    with pytest.raises(study.StudyError) as err:
+        study.load_spec(path)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ gate
+def _summary(cal_acc: float) -> pd.DataFrame:
+    return pd.DataFrame({"model": "m", "task": "sst2", "group": ["clean", "checklist"], "cal_acc": [cal_acc, 0.99],
+                         "mean_acc": 0.5, "auc": 0.9})
+
+
+def test_gate_stops_below_the_threshold_and_says_what_to_do():
+    gate = study.GateSpec()  # cit seed 0, train format, sst2 clean, cal_acc >= 0.75
+    low = study.gate_decision(_summary(0.745), gate)
+    assert not low.passed and low.value == 0.745
+    assert "GATE STOPPED" in low.message and "74.5%" in low.message and "75.0%" in low.message
+    assert "--ignore-gate" in low.message and "max_steps" in low.message
+    assert study.gate_decision(_summary(0.75), gate).passed  # the threshold itself passes
+    assert not study.gate_decision(_summary(float("nan")), gate).passed
+    with pytest.raises(study.StudyError, match="no single sst2/semantic row"):
+        study.gate_decision(_summary(0.8), study.GateSpec(group="semantic"))
+
+
+# ------------------------------------------------------------------------------------------------ resume (no models)
+class Fakes:
+    """Stand-ins for training and evaluation that write what the real ones write and record each call."""
+
+    def __init__(self, cal_acc: dict[str, float] | None = None):
+        self.trained: list[str] = []
+        self.evaluated: list[str] = []
+        self.cal_acc = cal_acc or {}
+
+    def train(self, P):
+        self.trained.append(P.run.name)
+        adapter = P.run_dir / "adapter"
+        adapter.mkdir(parents=True, exist_ok=True)
+        (adapter / "adapter_model.safetensors").write_bytes(P.run.name.encode())
+        (adapter / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
+        pd.DataFrame({"step": [5, 10], "loss": [1.0, 0.5]}).to_csv(P.run_dir / "train_log.csv", index=False)
+        return adapter
+
+    def evaluate(self, P, rank=0, world_size=1):
+        self.evaluated.append(P.run.name)
+        out = P.run_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        value = next((v for k, v in self.cal_acc.items() if k in P.run.name), 0.8)
+        pd.DataFrame({"model": P.run.name, "task": "sst2", "group": ["clean", "checklist"], "mean_acc": 0.6,
+                      "cal_acc": value, "auc": 0.8, "std_cal_acc": 0.02, "flip_rate_cal": [np.nan, 0.1]}
+                     ).to_csv(out / "summary.csv", index=False)
+        pd.DataFrame({"model": [P.run.name], "correct": [True]}).to_parquet(out / "predictions.parquet")
+
+
+def _fake_study(tmp_path, monkeypatch, fakes: Fakes, **spec):
+    monkeypatch.setattr(study, "train", fakes.train)
+    monkeypatch.setattr(study, "run_evaluation", fakes.evaluate)
+    return study.load_spec(_write_spec(tmp_path, _recipe(tmp_path), **spec))
+
+
+def _wipe_local_runs(tmp_path):
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # a new session: the work tree's runs/ is gone, the repository is kept
+
+
+def test_committed_outputs_are_done_across_sessions(tmp_path, monkeypatch):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes)
+    lines: list[str] = []
+    assert study.run_study(spec, log=lines.append) == 0
+    assert fakes.trained == ["st-cit-s0", "st-coin-s0", "st-cit-s1", "st-coin-s1"]  # the pilot first
+    assert fakes.evaluated[:1] == ["st-cit-s0-eval-train"] and len(fakes.evaluated) == 2 + 4 * 2
+    run = tmp_path / "committed" / "st" / "runs" / "coin-s1"
+    assert sorted(p.name for p in run.iterdir()) == ["eval-paper", "eval-train", "train"]
+    assert sorted(p.name for p in (run / "train").iterdir()) == ["params.yaml", "stage.json", "train_log.csv"]
+    assert sorted(p.name for p in (run / "eval-paper").iterdir()) == [
+        "params.yaml", "predictions.parquet", "stage.json", "summary.csv"]
+    meta = json.loads((run / "eval-paper" / "stage.json").read_text())
+    assert meta["wall_s"] >= 0 and meta["command"].endswith("--arms coin --seeds 1 --no-base --formats paper")
+    assert not list((tmp_path / "committed").rglob(".*"))  # no temporary folders left
+    assert any("GATE PASSED" in line for line in lines)
+    assert sum("finished in" in line for line in lines) == 4 + 10
+
+    _wipe_local_runs(tmp_path)
+    again = Fakes()
+    monkeypatch.setattr(study, "train", again.train)
+    monkeypatch.setattr(study, "run_evaluation", again.evaluate)
+    assert study.run_study(spec, log=lines.append) == 0
+    assert again.trained == [] and again.evaluated == []  # nothing retrained or re-evaluated
+
+    # one evaluation lost, adapter gone: that run is retrained and only the missing evaluation is run
+    import shutil
+
+    shutil.rmtree(run / "eval-paper")
+    assert study.run_study(spec, log=lines.append) == 0
+    assert again.trained == ["st-coin-s1"] and again.evaluated == ["st-coin-s1-eval-paper"]
+    # the adapter is still in runs/: a lost evaluation is redone without training
+    shutil.rmtree(run / "eval-train")
+    assert study.run_study(spec, log=lines.append) == 0
+    assert again.trained == ["st-coin-s1"] and again.evaluated[1:] == ["st-coin-s1-eval-train"]
+
+
+def test_committed_outputs_with_other_settings_are_refused_then_replaced(tmp_path, monkeypatch):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
+    assert study.run_study(spec, log=lambda _: None) == 0
+    changed = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0], arms={
+        "cit": {"label": "CIT", "train": {"contrastive": False}}, "coin": {"label": "COIN", "train": {"lambda": 10}}})
+    with pytest.raises(study.StudyError, match=r"(?s)coin-s0/eval-train.*train\.lambda.*--replace-stale"):
+        study.run_study(changed, log=lambda _: None)
+    fakes.trained.clear(), fakes.evaluated.clear()
+    assert study.run_study(changed, replace_stale=True, log=lambda _: None) == 0
+    assert fakes.trained == ["st-coin-s0"] and fakes.evaluated == ["st-coin-s0-eval-train", "st-coin-s0-eval-paper"]
+    saved = yaml.safe_load((tmp_path / "committed/st/runs/coin-s0/train/params.yaml").read_text())
+    assert saved["train"]["lambda"] == 10
+
+
+def test_gate_failure_stops_after_the_pilot(tmp_path, monkeypatch):
+    fakes = Fakes(cal_acc={"cit-s0": 0.6})
+    spec = _fake_study(tmp_path, monkeypatch, fakes)
+    lines: list[str] = []
+    assert study.run_study(spec, log=lines.append) == study.GATE_FAILED
+    assert fakes.trained == ["st-cit-s0"] and fakes.evaluated == ["st-cit-s0-eval-train"]
+    assert any("GATE STOPPED" in line and "60.0%" in line for line in lines)
+    assert study.run_study(spec, ignore_gate=True, log=lines.append) == 0
+    assert len(fakes.trained) == 4 and len(fakes.evaluated) == 10
+
+
+def test_only_pilot_runs_the_pilot_in_every_format(tmp_path, monkeypatch):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes)
+    assert study.run_study(spec, only="pilot", log=lambda _: None) == 0
+    assert fakes.trained == ["st-cit-s0"] and fakes.evaluated == ["st-cit-s0-eval-train", "st-cit-s0-eval-paper"]
+
+
+def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):
+    import torch
+
+    fakes, draws = Fakes(), {}
+
+    def train(P):
+        draws[P.run.name] = torch.rand(1).item()  # what the LoRA initialisation would draw
+        torch.manual_seed(1234)  # whatever a run leaves behind must not leak into the next one
+        return fakes.train(P)
+
+    spec = _fake_study(tmp_path, monkeypatch, fakes)
+    monkeypatch.setattr(study, "train", train)
+    assert study.run_study(spec, log=lambda _: None) == 0
+    expected = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        expected[seed] = torch.rand(1).item()
+    assert draws == {"st-cit-s0": expected[0], "st-coin-s0": expected[0], "st-cit-s1": expected[1],
+                     "st-coin-s1": expected[1]}
+
+
+def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
+    assert study.main([spec.source, "--only", "pilot"]) == 0
+    capsys.readouterr()
+    assert study.main([spec.source, "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["base", "cit-s0", "coin-s0"]
+    assert lines[1].endswith("done") and "to do: train, eval-train, eval-paper" in lines[2]
+    assert study.main([spec.source, "--base-only", "--plan"]) == 0
+    assert capsys.readouterr().out.split() == ["base", "to", "do:", "eval-train,", "eval-paper"]
+    assert study.main([spec.source, "--print-params", "coin-s0:paper"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["run"]["name"] == "st-coin-s0-eval-paper" and printed["evaluate"]["input_format"] == "paper"
+    assert study.main([spec.source, "--arms", "nope"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def test_seed_test_on_a_hand_made_table():
+    # differences 0.01, 0.03, 0.05: mean 0.03, SD 0.02, SE 0.02 / sqrt(3) = 0.011547, t = 2.5981 (df 2)
+    out = seed_test([0.51, 0.53, 0.55], [0.50, 0.50, 0.50], se_inst=[0.01, 0.01, 0.01])
+    assert out["mean_diff"] == pytest.approx(0.03) and out["sd_diff"] == pytest.approx(0.02)
+    assert out["t"] == pytest.approx(2.598076, rel=1e-6) and out["n_positive"] == 3
+    assert out["p_t"] == pytest.approx(stats.ttest_1samp([0.01, 0.03, 0.05], 0).pvalue)
+    # t_{0.975, 2} = 4.302653: half-width 4.302653 * 0.011547 = 0.049683
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((0.03 - 0.049683, 0.03 + 0.049683), abs=1e-6)
+    assert out["p_perm"] == 0.25  # only the two all-same-sign patterns of 8 reach |mean| 0.03
+    # SE_total = sqrt(0.02^2 / 3 + 0.01^2) = 0.0152753; MDD = (4.302653 + t_{0.8, 2} = 1.060660) * SE_total
+    assert out["se_total"] == pytest.approx(0.0152753, rel=1e-5)
+    assert out["mdd"] == pytest.approx((4.302653 + 1.060660) * 0.0152753, rel=1e-5)
+    one = seed_test([0.6], [0.5], [0.01])
+    assert one["mean_diff"] == pytest.approx(0.1) and np.isnan(one["t"]) and np.isnan(one["mdd"])
+    assert one["p_perm"] == 1.0  # one seed: both sign patterns reach |mean|
+
+
+def test_sign_flip_p_matches_enumeration_and_mdd_matches_scipy():
+    d = np.array([0.02, -0.01, 0.04, 0.03])
+    means = [abs(np.dot(s, d)) / 4 for s in itertools.product([-1, 1], repeat=4)]
+    assert sign_flip_p(d) == pytest.approx(np.mean([m >= abs(d.mean()) - 1e-12 for m in means]))
+    assert sign_flip_p(d) == pytest.approx(4 / 16)  # by hand: sums 0.08 (as given) and 0.10 (-0.01 flipped), +-
+    for n in (2, 3, 5, 10):
+        se = np.sqrt(0.03 ** 2 / n + 0.01 ** 2)
+        expected = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * se
+        assert min_detectable_difference(0.03, 0.01, n) == pytest.approx(expected)
+    # fewest seeds with MDD <= 0.04 for SD 0.03 and SE 0.005, by a separate loop
+    first = next(n for n in range(2, 100) if (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1))
+                 * np.sqrt(0.03 ** 2 / n + 0.005 ** 2) <= 0.04)
+    assert seeds_needed(0.03, 0.005, 0.04) == first
+    assert seeds_needed(0.0, 0.02, 0.04) is None  # (1.96 + 0.84) * 0.02 > 0.04 for any number of seeds
+
+
+def test_long_format_and_across_seeds():
+    paired = pd.DataFrame({"group": ["clean", "average"]})
+    for m in ("acc", "instr_std", "auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal"):
+        paired[f"{m}_a"], paired[f"{m}_b"], paired[f"{m}_diff"] = 0.6, 0.5, 0.1
+        paired[f"{m}_diff_low"], paired[f"{m}_diff_high"] = 0.1 - 0.0392, 0.1 + 0.0392
+    long = long_format(paired)
+    assert len(long) == 14 and set(long["metric"]) == {"acc", "instr_std", "auc", "cal_acc", "std_cal_acc",
+                                                       "flip_rate", "flip_rate_cal"}
+    assert long["se"].to_numpy() == pytest.approx(0.0392 / 1.959964, rel=1e-5)
+    per_seed = pd.concat([long.assign(seed=s, arm="coin", reference="cit", format="train",
+                                      a=long["a"] + 0.01 * s, diff=long["diff"] + 0.01 * s) for s in (2, 0, 1)])
+    across = across_seeds(per_seed)
+    assert len(across) == 14 and (across["n_seeds"] == 3).all() and (across["seeds"] == "0 1 2").all()
+    row = across[(across.group == "clean") & (across.metric == "cal_acc")].iloc[0]
+    assert row["mean_diff"] == pytest.approx(0.11) and row["sd_diff"] == pytest.approx(0.01)
+    assert row["se_inst"] == pytest.approx(0.02, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture()
+def tiny_dir(tmp_path, smol_tokenizer):
+    from coinlib.core.models import tiny_llama
+
+    folder = tmp_path / "tiny-llama"
+    tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_dry_run_on_the_tiny_model_commits_the_layout_and_the_report(tmp_path, tiny_dir, mirror):
+    recipe = _recipe(tmp_path, model={"name": str(tiny_dir)}, data={"size": 8},
+                     train={"max_steps": 2, "batch_size": 2, "micro_batch_pairs": 2, "save_steps": 2,
+                            "logging_steps": 1, "cutoff_len": 64},
+                     evaluate={"n_per_task": 4, "groups": ["clean", "checklist"], "n_instructions": 1,
+                               "batch_size": 4})
+    spec = study.load_spec(_write_spec(tmp_path, recipe, gate={"threshold": 0.0}))
+    assert study.run_study(spec, log=lambda _: None) == 0
+    root = tmp_path / "committed" / "st"
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["base", "cit-s0", "cit-s1", "coin-s0", "coin-s1"]
+    for key in ("cit-s0", "coin-s1"):
+        assert (root / "runs" / key / "train" / "train_log.csv").is_file()
+        for fmt in ("train", "paper"):
+            summary = pd.read_csv(root / "runs" / key / f"eval-{fmt}" / "summary.csv")
+            assert set(summary["group"]) == {"clean", "checklist"} and summary["n_instances"].eq(4).all()
+            params = yaml.safe_load((root / "runs" / key / f"eval-{fmt}" / "params.yaml").read_text())
+            assert params["evaluate"]["input_format"] == fmt
+    assert not list((root / "runs").rglob("adapter*"))  # adapters stay in runs/, never committed
+    preds = {k: pd.read_parquet(root / "runs" / k / "eval-train" / "predictions.parquet") for k in ("cit-s0", "cit-s1")}
+    key = ["group", "instruction_id", "instance_id"]
+    assert preds["cit-s0"][key].sort_values(key).equals(preds["cit-s1"][key].sort_values(key))  # one sample
+    assert not preds["cit-s0"]["label_scores"].equals(preds["cit-s1"]["label_scores"])  # the seed changes training
+    report = study.write_report(spec)
+    runs = report["runs"]
+    assert len(runs) == 5 * 2 and (runs["status"] == "done").all() and runs.loc[runs.arm != "base", "steps"].eq(2).all()
+    per_seed = report["per_seed"]
+    assert sorted(set(zip(per_seed["format"], per_seed["seed"]))) == [("paper", 0), ("paper", 1), ("train", 0),
+                                                                      ("train", 1)]
+    assert (report["across"]["n_seeds"] == 2).all()
+    for name in ("study_runs.csv", "study_per_seed.csv", "study_across_seeds.csv", "study.md",
+                 "seed_differences_train.png", "seed_differences_paper.pdf"):
+        assert (root / name).is_file(), name
+    assert "COIN − CIT, paper format: average over groups" in (root / "study.md").read_text()
