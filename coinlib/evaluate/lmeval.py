@@ -219,7 +219,7 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
         raise LmEvalError(f"the logs under {str(log_dir)!r} hold no coinlib tasks (found {sorted(other)[:5]}). "
                           "Fix: run lm_eval with --include_path <export folder> --tasks coin_robustness.")
     if mode is None and len(seen_modes) > 1:
-        raise LmEvalError(f"the logs hold both rank and generate tasks. Fix: summarize one with --mode rank|generate.")
+        raise LmEvalError("the logs hold both rank and generate tasks. Fix: summarize one with --mode rank|generate.")
     predictions = pd.concat(frames, ignore_index=True)
     dup = predictions.duplicated(["model", "task", "group", "instruction_id", "instance_id"])
     if dup.any():
