@@ -81,7 +81,7 @@ def test_parse_prefers_the_longer_label_word():
 # luka-group/CoIN): lowercase, strip punctuation and spaces, first accepted answer the text starts with, else
 # unparseable (""). SST-2, QNLI, RTE and WNLI accept the label ids' digits; WNLI's "1" is entailment.
 RAW = ["Positive.", "0", "1", " not_entailment", "neutral!", "", "Equivalent", "unacceptable", "10", "2"]
-EXPECTED = {  # one column per RAW entry, written by hand
+PARSED = {  # one column per RAW entry, written by hand
     "sst2": ["positive", "negative", "positive", "", "", "", "", "", "positive", ""],
     "cola": ["", "", "", "", "", "", "", "unacceptable", "", ""],
     "mnli": ["", "", "", "", "neutral", "", "", "", "", ""],
@@ -95,11 +95,11 @@ EXPECTED = {  # one column per RAW entry, written by hand
 }
 
 
-@pytest.mark.parametrize("task", sorted(EXPECTED))
+@pytest.mark.parametrize("task", sorted(PARSED))
 def test_parse_per_task_as_the_reference(task):
     from coinlib.core.tasks import get_task
 
-    assert [parse_label(raw, get_task(task)) for raw in RAW] == EXPECTED[task]
+    assert [parse_label(raw, get_task(task)) for raw in RAW] == PARSED[task]
 
 
 def test_parse_deletes_the_references_markers_and_waits_for_them():
