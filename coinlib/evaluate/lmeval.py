@@ -28,9 +28,9 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
-from coinlib.core.params import EVAL_GROUPS, GLUE_TASKS
+from coinlib.core.params import EVAL_GROUPS
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
-from coinlib.core.tasks import get_task, load_task
+from coinlib.core.tasks import get_task, load_task, task_names
 from coinlib.evaluate.metrics import summarize as summarize_predictions
 from coinlib.evaluate.runner import BASE_LABEL, PREDICTION_COLUMNS
 from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, parse_label
@@ -116,15 +116,16 @@ from coinlib.evaluate.lmeval import process_generate  # noqa: F401
 
 
 def process_generate(doc: dict, results: Sequence[str]) -> dict[str, float]:
-    """lm-eval ``process_results`` of generate tasks: correct when our parser finds the gold label word."""
-    return {"acc": float(parse_label(results[0], doc["choices"]) == doc["gold"])}
+    """lm-eval ``process_results`` of generate tasks: correct when our parser (with the task's accepted answers)
+    finds the gold label word."""
+    return {"acc": float(parse_label(results[0], get_task(doc["task"])) == doc["gold"])}
 
 
 def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_task: int = 300,
            groups: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
            n_instructions: int | None = None, mirror: str | Path | None = "auto") -> list[str]:
     """Write the task folder for ``lm_eval --include_path out_dir``; returns the unit task names (rank first)."""
-    groups, tasks = list(groups or EVAL_GROUPS), list(tasks or GLUE_TASKS)
+    groups, tasks = list(groups or EVAL_GROUPS), list(tasks or task_names())
     for t in tasks:
         get_task(t)
     prompts = select(load_prompt_set(prompt_set, mirror), groups, tasks, n_instructions)
@@ -133,7 +134,8 @@ def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_tas
     for t in tasks:
         frame = load_task(t, n_per_task, mirror)
         labels = list(get_task(t).labels)
-        rows = frame.assign(choices=[labels] * len(frame))[["instance_id", "content", "label", "gold", "choices"]]
+        rows = frame.assign(choices=[labels] * len(frame), task=t)[
+            ["instance_id", "content", "label", "gold", "choices", "task"]]
         data_file = out / "data" / f"{t}.jsonl"
         atomic_write(data_file, lambda tmp: rows.to_json(tmp, orient="records", lines=True, force_ascii=False))
         for g in groups:
@@ -243,7 +245,7 @@ def _unit_rows(samples: Path, meta: dict, model: str, adapter: str) -> pd.DataFr
             label_scores = json.dumps({lab: round(v, 4) for lab, v in zip(labels, scores)})
         else:
             raw = s["resps"][0][0]
-            prediction, label_scores = parse_label(raw, labels), "{}"
+            prediction, label_scores = parse_label(raw, get_task(meta["coin_task"])), "{}"
         out.append({"model": model, "adapter": adapter, "task": meta["coin_task"], "group": meta["coin_group"],
                     "instruction_id": int(meta["coin_instruction_id"]), "instruction": meta["coin_instruction"],
                     "instance_id": str(doc["instance_id"]), "gold": doc["gold"], "prediction": prediction,
