@@ -363,7 +363,8 @@ def section_train(check: Check, variant: str, folder_holder: dict[str, Path]):
             free_memory()
         if model is not None:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            rec["linear4bit_modules"] = sum(type(m).__name__ == "Linear4bit" for m in base.modules())
+            rec["linear4bit_modules"] = sum(type(m).__name__ == "Linear4bit" and type(m).__module__.startswith(
+                "bitsandbytes") for m in base.modules())  # bitsandbytes' own layers, not peft's wrappers
             rec["checkpointing_on"] = bool(getattr(base, "is_gradient_checkpointing", False))
             rec["device"] = str(next(base.parameters()).device)
         if "s_per_step_b64" in rec.get("COIN", {}) and "s_per_step_b64" in rec.get("CIT", {}):
