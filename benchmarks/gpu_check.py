@@ -644,23 +644,28 @@ def main(argv: list[str] | None = None) -> int:
             ("train_bf16", 2 if big else 35, section_train(check, "bf16", folders)),
             ("train_nf4", 2 if big else 50, section_train(check, "nf4", folders)),
             ("eval_7b", 2 if big else 30, section_eval7b(check))]
+    def write_report() -> dict[str, Any]:
+        meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu_smoke": args.cpu_smoke,
+                "device_name": torch.cuda.get_device_name(0) if check.cuda else platform.processor() or "cpu",
+                "versions": versions(), "budget_s": check.budget_s,
+                "elapsed_s": round(time.perf_counter() - check.start, 1),
+                "recipe": {"batch": BATCH, "micro_batch_pairs": MICRO_PAIRS, "cutoff": CUTOFF,
+                           "epoch_steps": EPOCH_STEPS, "sweep_runs": SWEEP, "lora": "r16 alpha16 q/k/v/o",
+                           "eval_instances": EVAL_INSTANCES}}
+        doc = {"meta": meta, "sections": check.sections, "checks": check.checks}
+        atomic_write_text(out / "gpu_check.json", json.dumps(doc, indent=2, default=str))
+        atomic_write_text(out / "gpu_check.md", markdown(doc))
+        return doc
+
     try:
         for name, need, fn in plan:
             if args.only and name not in args.only:
                 continue
             check.run(name, need, fn)
+            write_report()  # after every section: a run stopped from outside still leaves its results
     finally:
         shutil.rmtree(check.workdir, ignore_errors=True)
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu_smoke": args.cpu_smoke,
-            "device_name": torch.cuda.get_device_name(0) if check.cuda else platform.processor() or "cpu",
-            "versions": versions(), "budget_s": check.budget_s,
-            "elapsed_s": round(time.perf_counter() - check.start, 1),
-            "recipe": {"batch": BATCH, "micro_batch_pairs": MICRO_PAIRS, "cutoff": CUTOFF,
-                       "epoch_steps": EPOCH_STEPS, "sweep_runs": SWEEP, "lora": "r16 alpha16 q/k/v/o",
-                       "eval_instances": EVAL_INSTANCES}}
-    doc = {"meta": meta, "sections": check.sections, "checks": check.checks}
-    atomic_write_text(out / "gpu_check.json", json.dumps(doc, indent=2, default=str))
-    atomic_write_text(out / "gpu_check.md", markdown(doc))
+    doc = write_report()
     print(markdown(doc))
     return 0
 
