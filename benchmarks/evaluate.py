@@ -99,9 +99,9 @@ def main() -> None:
     per_instance = sum(t[1] for t in tokens.values()) / len(units)
     rows = round(args.batch_size * per_instance)
     flop_per_token = 2 * non_embedding_params(model)
-    limit = matmul_rate(model, rows)
+    limits = [matmul_rate(model, rows)]  # timed again after the batched modes; the higher rate is the limit
     print(f"rank needs {per_instance:.1f} tokens per instance beyond the shared prefix; {flop_per_token / 1e6:.0f} MFLOP "
-          f"per token; linear layers on {rows} rows: {limit / 1e9:.1f} GFLOP/s", flush=True)
+          f"per token; linear layers on {rows} rows: {limits[0] / 1e9:.1f} GFLOP/s", flush=True)
     results, rates, achieved = {}, {}, {}
     runs = [("generate", dict(mode="generate", early_stop=True)),
             ("generate_no_early_stop", dict(mode="generate", early_stop=False)),
@@ -118,6 +118,9 @@ def main() -> None:
             achieved[name] = flop_per_token * sum(t[0] for t in tokens.values()) / seconds
         results[name] = preds
         print(f"  {name}: {rates[name]:.2f} instances/s", flush=True)
+    limits.append(matmul_rate(model, rows))
+    limit = max(limits)
+    print(f"  linear layers again: {limits[1] / 1e9:.1f} GFLOP/s", flush=True)
     start, plain = time.perf_counter(), {}
     for t, g, i in units:
         texts = [format_input(prompts[g][t][i], c, args.format, tok) for c in data[t]["content"][:n_plain]]
