@@ -15,6 +15,9 @@ from coinlib.evaluate.scoring import (
     label_continuation,
     label_token_ids,
     length_sorted_batches,
+    packed_rows,
+    rank_batch,
+    rank_plan,
     parse_label,
     plain_greedy,
     score_instruction,
@@ -298,6 +301,68 @@ def test_paper_format_scores_the_next_word_after_the_colon(smol_tokenizer):
 
 @pytest.fixture(scope="module")
 def smollm2():
+
+
+def test_packed_rows_balance_totals():
+    # by hand: 9->r0, 7->r1, 5->r2, 3->r2 (8), 2->r1 (9), 1->r0 (10, the only room left); longest row first
+    assert packed_rows([9, 1, 7, 3, 5, 2], 2) == [[0, 1], [2, 5], [4, 3]]
+    assert packed_rows([4, 4, 4], 1) == [[0], [1], [2]]
+    assert packed_rows([5, 1, 1, 1, 1], 4) == [[0], [1, 2, 3, 4]]  # the 1s fill the emptier row: totals 5 and 4
+
+
+def test_rank_plan_packs_only_when_it_pays():
+    uniform = rank_plan([20] * 8, cont_len=3, rows_per_pass=4, prefix_len=10, keys_per_token=50.0)
+    assert all(len(row) == 1 for p in uniform for row in p)  # no padding to remove, attention is dear
+    varied = [40, 3, 5, 38, 4, 6, 2, 39]
+    plan = rank_plan(varied, cont_len=3, rows_per_pass=4, prefix_len=10, keys_per_token=1e9)
+    assert max(len(row) for p in plan for row in p) > 1  # attention free: short inputs share rows
+    assert sorted(i for p in plan for row in p for i in row) == list(range(8))
+    assert all(len(p) <= 4 for p in plan)
+
+
+@pytest.mark.parametrize("fmt", ["paper", "chat"])
+def test_packed_rank_rows_equal_separate_scoring(tiny_model, smol_tokenizer, fmt):
+    """Several instances of different lengths in one row score as if each were run alone."""
+    tiny_model.eval()
+    labels = ("entailment", "neutral", "contradiction")
+    contents = CONTENTS + ["Sentence 1: A much longer first sentence about the weather in the hills. Sentence 2: Rain."]
+    texts = [format_input(INSTRUCTION, c, fmt, smol_tokenizer) for c in contents]
+    enc = encode(smol_tokenizer, texts, fmt)
+    conts = [smol_tokenizer(label_continuation(lab, fmt), add_special_tokens=False)["input_ids"] for lab in labels]
+    with torch.no_grad():
+        cache = tiny_model(input_ids=torch.tensor([enc.prefix]), use_cache=True).past_key_values
+    rows = [[0, 2], [4], [1, 3]]
+    got = rank_batch(tiny_model, len(enc.prefix), cache, enc.suffixes, conts, smol_tokenizer.pad_token_id, rows)
+    assert got.shape == (5, 3)
+    for r, i in enumerate([0, 2, 4, 1, 3]):  # results in row order
+        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, texts[i], label_continuation(lab, fmt), fmt)
+                    for lab in labels]
+        assert got[r].tolist() == pytest.approx(expected, abs=2e-3)
+
+
+def test_score_instruction_rank_with_packing_equals_separate_scoring(tiny_model, smol_tokenizer, monkeypatch):
+    from coinlib.evaluate import scoring
+
+    tiny_model.eval()
+    monkeypatch.setattr(scoring, "keys_per_token", lambda model: 1e9)  # attention free: the plan packs rows
+    plans = []
+    real_plan = scoring.rank_plan
+    monkeypatch.setattr(scoring, "rank_plan", lambda *a: plans.append(real_plan(*a)) or plans[-1])
+    contents = CONTENTS + ["Sentence 1: " + "word " * 30 + "Sentence 2: Short.", "Sentence 1: Hi. Sentence 2: Yo."]
+    got = score_instruction(tiny_model, smol_tokenizer, INSTRUCTION, contents, NLI, "paper", "rank", batch_size=2)
+    assert max(len(row) for p in plans[0] for row in p) > 1
+    for content, result in zip(contents, got):
+        text = format_input(INSTRUCTION, content, "paper", smol_tokenizer)
+        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, text, label_continuation(lab, "paper"),
+                                             "paper") for lab in NLI]
+        scores = json.loads(result.label_scores)
+        assert [scores[lab] for lab in NLI] == pytest.approx(expected, abs=2e-3)
+        assert result.prediction == NLI[max(range(2), key=expected.__getitem__)]
+
+
+@pytest.mark.slow
+def test_real_model_batched_generate_equals_plain_loop(mirror):
+    """SmolLM2 (chat template, the format where it answers with label words): batched == one at a time."""
     from coinlib.core.models import load_model
     from coinlib.core.params import ModelParams
 

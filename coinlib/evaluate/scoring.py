@@ -1,12 +1,13 @@
 """Score one instruction on many instances: input formats, label parsing, batched greedy generation and ranking.
 
-Speed comes from three things, none of which changes a prediction:
+Speed comes from these, none of which changes a prediction:
 - the token prefix every input of an instruction shares (system prompt, instruction) is run once and its key/value
   cache reused for every batch;
-- batches are length-sorted, so little padding is computed;
-- ``generate`` stops as soon as every row's answer is decided (a label word is complete, or the text can no longer
-  start with one); ``rank`` scores all label words in one forward pass (each continuation attends to the input and to
-  itself only, through a 4D attention mask).
+- ``generate`` batches are length-sorted, so little padding is computed, and stop as soon as every row's answer is
+  decided (a label word is complete, or the text can no longer start with one);
+- ``rank`` scores all label words in one forward pass (each continuation attends to the input and to itself only,
+  through a 4D attention mask), packs several instances into a row when that removes more padding than it adds
+  attention (:func:`rank_plan`), and sends only the columns that predict label tokens through the output layer.
 """
 
 from __future__ import annotations
@@ -229,51 +230,130 @@ def plain_greedy(model, tokenizer, text: str, fmt: InputFormat, max_new_tokens: 
 
 
 # ------------------------------------------------------------------------------------------------ rank
+#: Most instances packed into one row of a ``rank`` pass.
+MAX_PER_ROW = 4
+
+
+def packed_rows(lengths: Sequence[int], per_row: int) -> list[list[int]]:
+    """Indices grouped at most ``per_row`` to a row, in ``ceil(n / per_row)`` rows of near-equal total length.
+
+    Longest first, each into the row with the smallest total so far that still has room; rows come out
+    longest first.
+    """
+    n_rows = -(-len(lengths) // per_row)
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    totals = [0] * n_rows
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        j = min((j for j in range(n_rows) if len(rows[j]) < per_row), key=lambda j: (totals[j], j))
+        rows[j].append(i)
+        totals[j] += lengths[i]
+    order = sorted(range(n_rows), key=lambda j: (-totals[j], rows[j]))
+    return [rows[j] for j in order]
+
+
+def _pass_width(suffix_lens: Sequence[int], rows: list[list[int]], cont_len: int) -> int:
+    """Columns of one ``rank`` pass over ``rows`` (see :func:`rank_batch`)."""
+    body = max(sum(suffix_lens[i] - 1 for i in row) for row in rows)
+    return body + max(map(len, rows)) * (1 + cont_len)
+
+
+def rank_plan(suffix_lens: Sequence[int], cont_len: int, rows_per_pass: int, prefix_len: int,
+              keys_per_token: float) -> list[list[list[int]]]:
+    """Passes of rows of instance indices for ``rank``: how many instances share a row is chosen per instruction.
+
+    Packing several instances into a row removes padding but widens the rows each token attends over. For 1 to
+    :data:`MAX_PER_ROW` instances per row the cost ``sum over passes of rows x width x (1 + (prefix + width) /
+    keys_per_token)`` (linear layers plus attention, ``keys_per_token`` = attended keys that cost as much as one
+    token's linear layers) is computed from the lengths alone, and the cheapest plan is kept.
+    """
+    best, best_cost = None, float("inf")
+    for per_row in range(1, min(MAX_PER_ROW, len(suffix_lens)) + 1):
+        rows = packed_rows([n + cont_len for n in suffix_lens], per_row)
+        passes = [rows[i:i + rows_per_pass] for i in range(0, len(rows), rows_per_pass)]
+        cost = 0.0
+        for p in passes:
+            width = _pass_width(suffix_lens, p, cont_len)
+            cost += len(p) * width * (1 + (prefix_len + width) / keys_per_token)
+        if cost < best_cost:
+            best, best_cost = passes, cost
+    return best  # type: ignore[return-value]
+
+
+def keys_per_token(model) -> float:
+    """Attended keys whose attention costs as much as one token's linear layers: params per layer / (2 x hidden)."""
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    emb = model.get_input_embeddings().weight
+    params = sum(p.numel() for p in model.parameters()) - emb.numel()
+    return max(1.0, params / max(1, cfg.num_hidden_layers) / (2 * cfg.hidden_size))
+
+
 @torch.inference_mode()
 def rank_batch(model, prefix_len: int, cache, suffixes: list[list[int]], continuations: list[list[int]],
-               pad_id: int) -> torch.Tensor:
-    """Log-likelihood ``[batch, n_labels]`` of each continuation after ``prefix + suffix``, in one forward pass.
+               pad_id: int, rows: list[list[int]] | None = None) -> torch.Tensor:
+    """Log-likelihood ``[n, n_labels]`` of each continuation after ``prefix + suffix``, in one forward pass.
 
-    Each row is ``pads, suffix, cont_1, ..., cont_K``: suffixes are left-padded so every continuation sits in the
-    same columns of every row, and only those columns go through the output layer. A 4D mask lets ``cont_k`` see
-    the prefix, the suffix and itself only, and its positions restart right after the suffix, so each score equals
-    scoring ``prefix + suffix + cont_k`` alone.
+    ``rows`` packs instances (indices into ``suffixes``) into rows; default one per row. The ``n`` result rows
+    are the instances in ``rows`` order (by default, ``suffixes`` order). A row of ``m`` instances
+    is ``pads, body, slot_1 .. slot_M``: the body holds every instance's suffix but its last token, and slot ``j``
+    holds instance ``j``'s last suffix token followed by all continuations (``cont_1 .. cont_K``), so the columns
+    whose logits are needed are the same in every row and only those go through the output layer. A 4D mask lets
+    each token see the prefix and its own instance only (a continuation: the suffix and itself), and positions
+    follow each instance's own sequence, so each score equals scoring ``prefix + suffix + cont_k`` alone.
     """
-    device, batch = _device(model), len(suffixes)
-    lead = max(map(len, suffixes))
-    width = lead + sum(map(len, continuations))
-    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    segment = torch.full((width,), 0, dtype=torch.long, device=device)  # 0 input, k+1 continuation k
-    ids[:, lead:] = torch.tensor([t for cont in continuations for t in cont], device=device)
-    rows_seg = torch.zeros((batch, width), dtype=torch.long, device=device)
-    positions = torch.zeros((batch, width), dtype=torch.long, device=device)
-    start, targets = lead, []  # targets: (continuation index, column whose logits predict the token, token id)
-    for j, cont in enumerate(continuations):
-        segment[start:start + len(cont)] = j + 1
-        targets += [(j, start + t - 1 if t else lead - 1, tok) for t, tok in enumerate(cont)]
-        start += len(cont)
-    rows_seg[:] = segment
-    for i, s in enumerate(suffixes):
-        ids[i, lead - len(s):lead] = torch.tensor(s, device=device)
-        rows_seg[i, :lead - len(s)] = -1
-        positions[i, lead - len(s):lead] = torch.arange(prefix_len, prefix_len + len(s))
-        start = lead
-        for cont in continuations:
-            positions[i, start:start + len(cont)] = torch.arange(prefix_len + len(s), prefix_len + len(s) + len(cont))
-            start += len(cont)
-    q, k = rows_seg[:, :, None], rows_seg[:, None, :]
-    allowed = torch.ones(width, width, dtype=torch.bool, device=device).tril() & (k >= 0) & ((k == 0) | (k == q))
-    allowed |= torch.eye(width, dtype=torch.bool, device=device)  # pads attend to themselves (no empty rows)
-    allowed = torch.cat([torch.ones((batch, width, prefix_len), dtype=torch.bool, device=device), allowed], dim=2)
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-    labs, cols, toks = (torch.tensor(c, device=device) for c in zip(*targets))
+    device, dtype = _device(model), next(model.parameters()).dtype
+    rows = rows if rows is not None else [[i] for i in range(len(suffixes))]
+    cont_len = sum(map(len, continuations))
+    slot = 1 + cont_len
+    n_slots = max(map(len, rows))
+    width = _pass_width([len(s) for s in suffixes], rows, cont_len)
+    body = width - n_slots * slot
+    n_rows = len(rows)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    inst = torch.full((n_rows, width), -1, dtype=torch.long)  # slot of the instance a column belongs to; -1 pad
+    part = torch.zeros((n_rows, width), dtype=torch.long)  # 0 suffix, k+1 continuation k
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    # the slot layout (same in every row): last suffix token, then each continuation
+    slot_ids = [None] + [t for cont in continuations for t in cont]
+    slot_part = [0] + [k + 1 for k, cont in enumerate(continuations) for _ in cont]
+    slot_off = [0] + [t for cont in continuations for t in range(len(cont))]
+    for r, row in enumerate(rows):
+        col = body - sum(len(suffixes[i]) - 1 for i in row)  # left padding of the body
+        for j, i in enumerate(row):
+            s = suffixes[i]
+            n = len(s) - 1
+            ids[r, col:col + n] = torch.tensor(s[:-1], dtype=torch.long)
+            inst[r, col:col + n] = j
+            pos[r, col:col + n] = torch.arange(prefix_len, prefix_len + n)
+            col += n
+            start = body + j * slot
+            ids[r, start] = s[-1]
+            ids[r, start + 1:start + slot] = torch.tensor(slot_ids[1:], dtype=torch.long)
+            inst[r, start:start + slot] = j
+            part[r, start:start + slot] = torch.tensor(slot_part)
+            pos[r, start:start + slot] = prefix_len + n + torch.tensor(slot_off) + torch.tensor([0] + [1] * cont_len)
+    q_inst, k_inst = inst[:, :, None], inst[:, None, :]
+    allowed = (q_inst == k_inst) & (k_inst >= 0) & (pos[:, None, :] <= pos[:, :, None])
+    allowed &= (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
+    allowed |= torch.eye(width, dtype=torch.bool)  # pads attend to themselves (no empty rows)
+    allowed = torch.cat([torch.ones((n_rows, width, prefix_len), dtype=torch.bool), allowed], dim=2)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    # targets (slot j, label k, column whose logits predict the token, token id); columns repeat per slot
+    targets = []
+    for j in range(n_slots):
+        start, off = body + j * slot, 1
+        for k, cont in enumerate(continuations):
+            targets += [(j, k, start if t == 0 else start + off + t - 1, tok) for t, tok in enumerate(cont)]
+            off += len(cont)
+    slots_t, labs, cols, toks = (torch.tensor(c, device=device) for c in zip(*targets))
     keep, where = torch.unique(cols, return_inverse=True)
-    logits = model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, logits_to_keep=keep,
-                   past_key_values=_expanded(cache, batch), use_cache=cache is not None).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)[:, where, toks]  # [batch, n_targets]
-    scores = torch.zeros((batch, len(continuations)), dtype=torch.float32, device=device)
-    return scores.index_add_(1, labs, logprobs)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)[:, None], position_ids=pos.to(device),
+                   logits_to_keep=keep, past_key_values=_expanded(cache, n_rows), use_cache=cache is not None).logits
+    logprobs = torch.log_softmax(logits.float(), dim=-1)[:, where, toks]  # [rows, n_targets]
+    per_slot = torch.zeros((n_rows, n_slots * len(continuations)), dtype=torch.float32, device=device)
+    per_slot.index_add_(1, slots_t * len(continuations) + labs, logprobs)
+    per_slot = per_slot.view(n_rows, n_slots, len(continuations))
+    return torch.cat([per_slot[r, :len(row)] for r, row in enumerate(rows)]).cpu()
 
 
 # ------------------------------------------------------------------------------------------------ one instruction
@@ -295,9 +375,13 @@ def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str
     """Score every content under one instruction; results are in the order of ``contents``.
 
     ``labels``: the task (generate mode then accepts what the paper's scoring accepts for it) or bare label words.
-    ``progress`` (optional) is called with the number of instances finished after each batch; ``append_eos``: rank
-    scoring in the ``train`` format also scores the EOS (as training with ``train.append_eos`` teaches it).
+    ``generate`` runs ``batch_size`` instances per pass; ``rank`` runs ``batch_size`` rows per pass, each row
+    packing 1 to :data:`MAX_PER_ROW` instances (:func:`rank_plan`). ``progress`` (optional) is called with the
+    number of instances finished after each pass; ``append_eos``: rank scoring in the ``train`` format also scores
+    the EOS (as training with ``train.append_eos`` teaches it).
     """
+    if mode not in ("generate", "rank"):
+        raise ValueError(f"unknown scoring mode {mode!r}; use 'generate' or 'rank'")
     task, labels = labels, label_words(labels)
     texts = [format_input(instruction, c, fmt, tokenizer) for c in contents]
     enc = encode(tokenizer, texts, fmt)
@@ -306,20 +390,24 @@ def score_instruction(model, tokenizer, instruction: str, contents: Sequence[str
     conts = label_token_ids(tokenizer, labels, fmt, append_eos)
     n_tokens = json.dumps({lab: len(c) for lab, c in zip(labels, conts)})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for batch in length_sorted_batches([len(s) for s in enc.suffixes], batch_size):
-        suffixes = [enc.suffixes[i] for i in batch]
-        if mode == "generate":
-            outs = generate_batch(model, tokenizer, enc.prefix, cache, suffixes, task, max_new_tokens, early_stop)
-            for i, text in zip(batch, outs):
-                results[i] = Scored(parse_label(text, task), text, "{}")
-        elif mode == "rank":
-            scores = rank_batch(model, len(enc.prefix), cache, suffixes, conts, pad).tolist()
+    if mode == "rank":
+        plan = rank_plan([len(x) for x in enc.suffixes], sum(map(len, conts)), batch_size, len(enc.prefix),
+                         keys_per_token(model))
+        for rows in plan:
+            batch = [i for row in rows for i in row]
+            scores = rank_batch(model, len(enc.prefix), cache, enc.suffixes, conts, pad, rows).tolist()
             for i, row in zip(batch, scores):
                 best = max(range(len(labels)), key=row.__getitem__)
                 results[i] = Scored(labels[best], label_continuation(labels[best], fmt),
                                     json.dumps({lab: round(v, 4) for lab, v in zip(labels, row)}), n_tokens)
-        else:
-            raise ValueError(f"unknown scoring mode {mode!r}; use 'generate' or 'rank'")
+            if progress is not None:
+                progress(len(batch))
+        return results  # type: ignore[return-value]
+    for batch in length_sorted_batches([len(s) for s in enc.suffixes], batch_size):
+        suffixes = [enc.suffixes[i] for i in batch]
+        outs = generate_batch(model, tokenizer, enc.prefix, cache, suffixes, task, max_new_tokens, early_stop)
+        for i, text in zip(batch, outs):
+            results[i] = Scored(parse_label(text, task), text, "{}")
         if progress is not None:
             progress(len(batch))
     return results  # type: ignore[return-value]
