@@ -31,6 +31,17 @@ def smol_tokenizer():
     return load_tokenizer("smollm2-135m-instruct")
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random Llama saved as a local model folder with the real tokenizer (read only: tests load from it)."""
+    from coinlib.core.models import tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture()
 def tiny_model(smol_tokenizer):
     """A tiny random Llama sharing the real tokenizer's vocabulary."""

@@ -218,12 +218,6 @@ def test_prompt_file_with_placeholders_is_rejected_naming_where(tmp_path):
     assert load_prompt_set(path)["clean"]["rte"] == ["Answer with one of {entailment, not_entailment}."]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    path = tmp_path_factory.mktemp("tiny")
-    models.tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
 
 
 def _eval_values(tiny_dir, out, mirror):

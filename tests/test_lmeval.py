@@ -209,9 +209,8 @@ def test_template_renders_instruction_verbatim():
 @pytest.mark.slow
 def test_real_smollm2_agrees(mirror, tmp_path):
     """The same agreement on the real SmolLM2-135M-Instruct, one task, both output types."""
-    from coinlib.core.models import load_tokenizer, resolve_model  # noqa: F401
+    from coinlib.core.models import load_model, load_tokenizer, resolve_model  # noqa: F401
     from coinlib.core.params import ModelParams
-    from coinlib.core.models import load_model
 
     model, tokenizer = load_model(ModelParams(name="smollm2-135m-instruct", dtype="float32"), device="cpu")
     model.eval().save_pretrained(tmp_path / "model")

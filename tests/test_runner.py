@@ -26,15 +26,6 @@ from coinlib.evaluate.scoring import score_instruction
 KEY = ["model", "task", "group", "instruction_id", "instance_id"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    """A tiny random Llama saved as a local model folder (with the real tokenizer)."""
-    from coinlib.core.models import tiny_llama
-
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
 
 
 def _values(tiny_dir, out, **evaluate) -> dict:

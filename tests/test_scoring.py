@@ -16,10 +16,10 @@ from coinlib.evaluate.scoring import (
     label_token_ids,
     length_sorted_batches,
     packed_rows,
-    rank_batch,
-    rank_plan,
     parse_label,
     plain_greedy,
+    rank_batch,
+    rank_plan,
     score_instruction,
 )
 from coinlib.train.batching import IGNORE, encode_pair
@@ -299,10 +299,6 @@ def test_paper_format_scores_the_next_word_after_the_colon(smol_tokenizer):
     assert label_token_ids(smol_tokenizer, ("positive",), "chat")[0] == train
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-
-
 def test_packed_rows_balance_totals():
     # by hand: 9->r0, 7->r1, 5->r2, 3->r2 (8), 2->r1 (9), 1->r0 (10, the only room left); longest row first
     assert packed_rows([9, 1, 7, 3, 5, 2], 2) == [[0, 1], [2, 5], [4, 3]]
@@ -335,8 +331,7 @@ def test_packed_rank_rows_equal_separate_scoring(tiny_model, smol_tokenizer, fmt
     got = rank_batch(tiny_model, len(enc.prefix), cache, enc.suffixes, conts, smol_tokenizer.pad_token_id, rows)
     assert got.shape == (5, 3)
     for r, i in enumerate([0, 2, 4, 1, 3]):  # results in row order
-        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, texts[i], label_continuation(lab, fmt), fmt)
-                    for lab in labels]
+        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, contents[i], lab, fmt) for lab in labels]
         assert got[r].tolist() == pytest.approx(expected, abs=2e-3)
 
 
@@ -352,17 +347,14 @@ def test_score_instruction_rank_with_packing_equals_separate_scoring(tiny_model,
     got = score_instruction(tiny_model, smol_tokenizer, INSTRUCTION, contents, NLI, "paper", "rank", batch_size=2)
     assert max(len(row) for p in plans[0] for row in p) > 1
     for content, result in zip(contents, got):
-        text = format_input(INSTRUCTION, content, "paper", smol_tokenizer)
-        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, text, label_continuation(lab, "paper"),
-                                             "paper") for lab in NLI]
+        expected = [_separate_log_likelihood(tiny_model, smol_tokenizer, content, lab, "paper") for lab in NLI]
         scores = json.loads(result.label_scores)
         assert [scores[lab] for lab in NLI] == pytest.approx(expected, abs=2e-3)
         assert result.prediction == NLI[max(range(2), key=expected.__getitem__)]
 
 
-@pytest.mark.slow
-def test_real_model_batched_generate_equals_plain_loop(mirror):
-    """SmolLM2 (chat template, the format where it answers with label words): batched == one at a time."""
+@pytest.fixture(scope="module")
+def smollm2():
     from coinlib.core.models import load_model
     from coinlib.core.params import ModelParams
 

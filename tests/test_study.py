@@ -15,8 +15,14 @@ from scipy import stats
 
 import coinlib.results.study as study
 from coinlib.core.params import PARAMS_DIR
-from coinlib.evaluate.compare import across_seeds, long_format, min_detectable_difference, seed_test, seeds_needed, \
-    sign_flip_p
+from coinlib.evaluate.compare import (
+    across_seeds,
+    long_format,
+    min_detectable_difference,
+    seed_test,
+    seeds_needed,
+    sign_flip_p,
+)
 
 SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
 
@@ -295,11 +301,11 @@ def test_sign_flip_p_matches_enumeration_and_mdd_matches_scipy():
 
 def test_long_format_and_across_seeds():
     paired = pd.DataFrame({"group": ["clean", "average"]})
-    for m in ("acc", "instr_std", "auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal"):
+    for m in ("acc", "std", "auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal"):
         paired[f"{m}_a"], paired[f"{m}_b"], paired[f"{m}_diff"] = 0.6, 0.5, 0.1
         paired[f"{m}_diff_low"], paired[f"{m}_diff_high"] = 0.1 - 0.0392, 0.1 + 0.0392
     long = long_format(paired)
-    assert len(long) == 14 and set(long["metric"]) == {"acc", "instr_std", "auc", "cal_acc", "std_cal_acc",
+    assert len(long) == 14 and set(long["metric"]) == {"acc", "std", "auc", "cal_acc", "std_cal_acc",
                                                        "flip_rate", "flip_rate_cal"}
     assert long["se"].to_numpy() == pytest.approx(0.0392 / 1.959964, rel=1e-5)
     per_seed = pd.concat([long.assign(seed=s, arm="coin", reference="cit", format="train",
@@ -312,14 +318,6 @@ def test_long_format_and_across_seeds():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.fixture()
-def tiny_dir(tmp_path, smol_tokenizer):
-    from coinlib.core.models import tiny_llama
-
-    folder = tmp_path / "tiny-llama"
-    tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_dry_run_on_the_tiny_model_commits_the_layout_and_the_report(tmp_path, tiny_dir, mirror):

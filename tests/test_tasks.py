@@ -92,14 +92,6 @@ def toy(tmp_path):
     assert "toy" not in TASKS
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smol_tokenizer):
-    from coinlib.core.models import tiny_llama
-
-    path = tmp_path_factory.mktemp("tiny")
-    tiny_llama(vocab_size=len(smol_tokenizer), pad_token_id=smol_tokenizer.pad_token_id).save_pretrained(path)
-    smol_tokenizer.save_pretrained(path)
-    return path
 
 
 def test_a_registered_task_runs_through_every_stage(toy, tiny_dir, tmp_path):

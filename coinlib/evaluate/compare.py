@@ -15,7 +15,8 @@ The label-free metrics of :mod:`coinlib.evaluate.metrics` come with the same kin
 ``{metric}_a``, ``_b``, ``_diff``, ``_diff_low``, ``_diff_high``), from the same seed and the same draws, averaged
 over instructions and tasks like ``acc``: ``auc`` (recomputed on every resample), ``cal_acc`` (thresholds set once on
 the full sample and held fixed), ``std_cal_acc`` (the population std of the per-instruction calibrated accuracies
-within a task, averaged over tasks: ``instr_std`` for calibrated answers), ``flip_rate`` and ``flip_rate_cal``
+within a task, then the mean over tasks, :func:`coinlib.evaluate.metrics.mean_task_std`, not the pooled ``std``;
+the two agree for one task, as in the sentiment study), ``flip_rate`` and ``flip_rate_cal``
 (perturbed groups only; ``"average"`` pools the perturbed groups). They are NaN where the predictions carry no label
 scores (``generate`` mode).
 
@@ -225,7 +226,7 @@ def _label_free_paired(predictions: pd.DataFrame, models: tuple[str, str], group
 
 # ------------------------------------------------------------------------------------------------ across seeds
 #: Metrics of :func:`paired_bootstrap` (each with ``_a``, ``_b``, ``_diff``, ``_diff_low``, ``_diff_high`` columns).
-PAIRED_METRICS = ("acc", "instr_std", *LABEL_FREE)
+PAIRED_METRICS = ("acc", "std", *LABEL_FREE)
 SEED_COLUMNS = ["n_seeds", "mean_a", "mean_b", "mean_diff", "sd_diff", "n_positive", "t", "p_t", "ci_low", "ci_high",
                 "p_perm", "se_inst", "se_total", "mdd"]
 

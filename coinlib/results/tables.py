@@ -214,7 +214,7 @@ def _require(frame: pd.DataFrame, columns: Iterable[str]) -> None:
 STUDY_METRICS = {
     "cal_acc": "calibrated accuracy", "auc": "ROC AUC of the margin",
     "std_cal_acc": "std over instructions (cal. acc.)",
-    "flip_rate_cal": "flip rate (calibrated)", "acc": "accuracy", "instr_std": "std over instructions (accuracy)",
+    "flip_rate_cal": "flip rate (calibrated)", "acc": "accuracy", "std": "std over instructions (accuracy)",
     "flip_rate": "flip rate",
 }
 

@@ -15,6 +15,7 @@ import logging
 import random
 from typing import Any, Iterator, Sequence
 
+import pandas as pd
 import torch
 from torch.utils.data import Sampler
 
