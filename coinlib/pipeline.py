@@ -74,17 +74,26 @@ def load_ipython_extension(ipython: Any) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!coinlib|__main__)")
 
 
-def _headless_kernel_manager() -> type:
-    """jupyter_client's AsyncKernelManager whose normal shutdown is a plain shutdown request.
+def _headless_kernel_manager(process_log: Path) -> type:
+    """jupyter_client's AsyncKernelManager that keeps the kernel process quiet.
 
-    The stock shutdown sends SIGINT first (to stop running code); a notebook that ran through is idle, and
-    an interrupt that lands while the kernel still finishes its last message is logged as
-    "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" though nothing failed. A kernel that does not
-    exit in time still gets SIGTERM, then SIGKILL (``finish_shutdown``).
+    The kernel process's own stdout and stderr go to ``process_log``, not to this terminal: cell output
+    travels over the kernel's sockets, so what lands there is process-level chatter, such as a libzmq
+    assertion from a socket closed during shutdown (seen once in CI, after the notebook had finished).
+    ``execute`` shows the log when the kernel dies.
+
+    Normal shutdown is a plain shutdown request. The stock shutdown sends SIGINT first (to stop running
+    code); a notebook that ran through is idle, and an interrupt that lands while the kernel still finishes
+    its last message is logged as "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" though nothing
+    failed. A kernel that does not exit in time still gets SIGTERM, then SIGKILL (``finish_shutdown``).
     """
     from jupyter_client.manager import AsyncKernelManager
 
     class HeadlessKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            with open(process_log, "ab") as log:  # the child keeps its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log})
+
         async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
             if now or restart or not self.owns_kernel or not await self.is_alive():
                 return await super().shutdown_kernel(now=now, restart=restart)
@@ -104,18 +113,26 @@ def execute(nb: str | Path, out: str | Path, parameters: dict | None = None,
     The kernel talks over IPC sockets in a private temporary folder (no TCP port, so ipykernel has no
     unencrypted-TCP warning to give), loads this module as an extension (text progress bars) and is shut
     down without an interrupt (``_headless_kernel_manager``). Raises papermill's ``PapermillExecutionError``
-    for a failing cell.
+    for a failing cell, nbclient's ``DeadKernelError`` (with what the kernel process wrote) for a dead kernel.
     """
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     from traitlets.config import Config
 
     with tempfile.TemporaryDirectory(prefix="coin-kernel-") as ipc_dir:
         config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(ipc_dir, "kernel")}})
-        pm.execute_notebook(
-            str(nb), str(out), parameters=parameters, cwd=str(NOTEBOOKS_DIR), kernel_name=kernel_name,
-            progress_bar=False, log_output=False, config=config, kernel_manager_class=_headless_kernel_manager(),
-            extra_arguments=["--IPKernelApp.extensions=coinlib.pipeline"],  # not __name__: "__main__" under -m
-        )
+        process_log = Path(ipc_dir) / "kernel-process.log"
+        try:
+            pm.execute_notebook(
+                str(nb), str(out), parameters=parameters, cwd=str(NOTEBOOKS_DIR), kernel_name=kernel_name,
+                progress_bar=False, log_output=False, config=config,
+                kernel_manager_class=_headless_kernel_manager(process_log),
+                extra_arguments=["--IPKernelApp.extensions=coinlib.pipeline"],  # not __name__: "__main__" under -m
+            )
+        except DeadKernelError as err:
+            tail = process_log.read_text(errors="replace")[-4000:].strip() if process_log.exists() else ""
+            raise DeadKernelError(f"{err}; the kernel process wrote:\n{tail or '(nothing)'}\nOut of memory is "
+                                  "the usual cause: lower the batch size or free the memory another job holds.") from err
 
 
 class NotebookFailed(RuntimeError):
@@ -124,10 +141,13 @@ class NotebookFailed(RuntimeError):
 
 def _execute_or_explain(nb: Path, out: Path, parameters: dict | None, kernel_name: str | None) -> None:
     """``execute``, turning papermill's cell error into ``NotebookFailed`` with a readable message."""
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     try:
         execute(nb, out, parameters, kernel_name)
+    except DeadKernelError as err:
+        raise NotebookFailed(f"[coin] {nb.name} stopped: {err} (executed notebook: {shown(out)})") from err
     except PapermillExecutionError as err:
         trace = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err.traceback or [f"{err.ename}: {err.evalue}"]))
         rule = "-" * 75

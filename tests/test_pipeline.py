@@ -106,6 +106,25 @@ def test_failing_cell_is_printed_with_its_source_and_error(tmp_path):
     assert "\x1b[" not in done.stdout and "Kernel is running over TCP" not in done.stdout
 
 
+def test_kernel_process_chatter_stays_off_the_terminal_unless_the_kernel_dies(tmp_path, capfd):
+    """What the kernel process itself writes (a libzmq assertion at shutdown, once in CI) is kept in a log that
+    is shown only when the kernel dies."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": pipeline.KERNEL_NAME, "language": "python",
+                                                           "display_name": "COIN (.venv)"}})
+    nb.cells = [nbformat.v4.new_code_cell("import os\nos.write(2, b'process-level chatter\\n')")]
+    nbformat.write(nb, tmp_path / "quiet.ipynb")
+    pipeline.execute(tmp_path / "quiet.ipynb", tmp_path / "quiet-out.ipynb")
+    assert "process-level chatter" not in "".join(capfd.readouterr())
+
+    nb.cells.append(nbformat.v4.new_code_cell("import time\ntime.sleep(0.5)  # ipykernel copies fd 2 in a thread\nos._exit(3)"))
+    nbformat.write(nb, tmp_path / "dies.ipynb")
+    with pytest.raises(pipeline.NotebookFailed) as failed:
+        pipeline._execute_or_explain(tmp_path / "dies.ipynb", tmp_path / "dies-out.ipynb", None, pipeline.KERNEL_NAME)
+    message = str(failed.value)
+    assert message.startswith("[coin] dies.ipynb stopped: Kernel died") and "Out of memory" in message
+    assert "the kernel process wrote:\nprocess-level chatter" in message
+
+
 def test_headless_kernel_text_progress_and_no_library_deprecation_notices(tmp_path):
     """tqdm.auto writes text (not a widget); a transformers FutureWarning is filtered, the notebook's own is not."""
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": pipeline.KERNEL_NAME, "language": "python",
