@@ -230,7 +230,9 @@ def test_rephrase_raises_with_reasons_when_every_sample_fails():
 def test_rephrase_rejects_off_task_outputs_given_a_similarity():
     text = "Say 'positive' or 'negative': "
     outputs = iter(["I am happy to help, 'positive' or 'negative'.", "Tell if it is 'positive' or 'negative'."])
-    sim = lambda a, others: [0.9 if o.startswith("Tell") else 0.2 for o in others]
+    def sim(a, others):
+        return [0.9 if o.startswith("Tell") else 0.2 for o in others]
+
     assert rephrase(text, generate=lambda p, s: next(outputs), similarity=sim, tries=2) == \
         "Tell if it is 'positive' or 'negative': "
     with pytest.raises(RephraseRejected, match="similarity 0.20"):
@@ -381,7 +383,9 @@ def test_prompt_set_is_deterministic_and_records_sources(paper_prompts, tmp_path
 
 def test_prompt_set_leaves_out_rejected_rephrases_and_says_why():
     clean = {"sst2": ["Say 'positive' or 'negative': ", "Tell 'positive' or 'negative': "]}
-    gen = lambda prompt, seed: "Judge it as 'positive' or 'negative'." if "Say" in prompt else "Judge it."
+    def gen(prompt, seed):
+        return "Judge it as 'positive' or 'negative'." if "Say" in prompt else "Judge it."
+
     out = build_prompt_set(clean, ["semantic"], options={"semantic": {"generate": gen, "tries": 1}}, progress=None)
     assert out["semantic"]["sst2"] == ["Judge it as 'positive' or 'negative': "]
     assert out["source"]["clean_source"]["semantic"]["sst2"] == [clean["sst2"][0]]
