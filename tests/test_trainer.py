@@ -239,6 +239,26 @@ def test_qlora_4bit_trains_on_cpu(tmp_path, tiny_dir):
     assert all(torch.equal(snap.begin[k], snap.end[k]) for k in base)
 
 
+def test_continued_4bit_adapter_is_prepared_for_kbit_training_and_stays_trainable(tmp_path, tiny_dir, monkeypatch):
+    """QLoRA resumed from an adapter gets the same k-bit preparation as a fresh one, and its LoRA still learns."""
+    import peft
+
+    model = {"name": str(tiny_dir), "load_in_4bit": True, "gradient_checkpointing": True}
+    adapter = train_mod.train_on(make_params(tmp_path, "first", model=model, max_steps=1), make_entries(4))
+    prepared = []
+    real = peft.prepare_model_for_kbit_training
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda m, **kw: prepared.append(m) or real(m, **kw))
+    snap = _Snapshots()
+    second = make_params(tmp_path, "second", model={**model, "adapter": str(adapter)}, max_steps=1)
+    train_mod.train_on(second, make_entries(4), callbacks=[snap])
+    assert len(prepared) == 1 and isinstance(prepared[0], peft.PeftModel)
+    assert snap.model.is_gradient_checkpointing
+    lora = [k for k in snap.begin if "lora_" in k]
+    assert lora and all(snap.model.get_parameter(k).requires_grad for k in lora)
+    assert all(not snap.model.get_parameter(k).requires_grad for k in snap.begin if "lora_" not in k)
+    assert all(not torch.equal(snap.begin[k], snap.end[k]) for k in lora if "lora_B" in k)
+
+
 def test_two_process_gather_keeps_positive_and_negative_order(tmp_path):
     """Each rank's anchors find their own positives in the gathered pool (gloo, 2 CPU processes)."""
     import gather_worker  # light module: the spawned processes import only torch and coinlib.train.loss

@@ -228,11 +228,7 @@ def prepare_model(P: Params, model=None, tokenizer=None):
         model, tokenizer = load_model(P.model)
     elif tokenizer is None:
         raise ValueError("pass the tokenizer together with a preloaded model")
-    model = attach_lora(model, P.model)
-    if P.model.gradient_checkpointing and P.model.adapter:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    return model, tokenizer
+    return attach_lora(model, P.model), tokenizer
 
 
 def train_on(P: Params, dataset, model=None, tokenizer=None, callbacks: list[TrainerCallback] | None = None) -> Path:
