@@ -209,6 +209,30 @@ def test_committed_outputs_with_other_settings_are_refused_then_replaced(tmp_pat
     assert saved["train"]["lambda"] == 10
 
 
+def test_a_parameter_added_after_a_stage_was_committed_leaves_it_done_at_its_default(tmp_path, monkeypatch):
+    """The digest covers every setting, so a new schema key changes it; the stage stays done when the committed
+    file lacks only keys whose value is their default, and is stale when a committed value differs."""
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
+    assert study.run_study(spec, log=lambda _: None) == 0
+    folder = tmp_path / "committed/st/runs/coin-s0/train"
+    meta = json.loads((folder / "stage.json").read_text())
+    (folder / "stage.json").write_text(json.dumps({**meta, "digest": "made-before-warmup"}))
+    saved = yaml.safe_load((folder / "params.yaml").read_text())
+    assert saved["train"].pop("warmup_steps") == 5  # the recipe's value, not the default (0)
+    (folder / "params.yaml").write_text(yaml.safe_dump(saved))
+    plan = next(p for p in study.expand(spec) if p.key == "coin-s0")
+    assert study.stale_keys(folder, plan.train) == ["train.warmup_steps"]
+    assert study.stage_state(folder, study.settings_digest(plan.train, "train"), plan.train) == "stale"
+    saved["train"].pop("lr_scheduler")  # absent and at its default ("linear"): not a difference
+    saved["train"]["warmup_steps"] = 5
+    saved["train"]["save_steps"] = 999  # a neutral key
+    (folder / "params.yaml").write_text(yaml.safe_dump(saved))
+    assert study.stale_keys(folder, plan.train) == []
+    assert study.stage_state(folder, study.settings_digest(plan.train, "train"), plan.train) == "done"
+    assert study.stage_state(folder, study.settings_digest(plan.train, "train")) == "stale"  # digest alone
+
+
 def test_gate_failure_stops_after_the_pilot(tmp_path, monkeypatch):
     fakes = Fakes(cal_acc={"cit-s0": 0.6})
     spec = _fake_study(tmp_path, monkeypatch, fakes)

@@ -184,6 +184,12 @@ class Params(_Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every section's defaults (as ``model_dump(by_alias=True)``); required keys (run.name, model.name) absent."""
+        return {name: field.annotation.model_construct().model_dump(by_alias=True)
+                for name, field in cls.model_fields.items() if name != "base"}
+
     # ------------------------------------------------------------------ derived paths
     @property
     def run_dir(self) -> Path:

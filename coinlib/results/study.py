@@ -238,22 +238,34 @@ def stage_dir(spec: StudySpec, key: str, stage: str) -> Path:
     return spec.committed_dir / "runs" / key / stage
 
 
-def stage_state(folder: Path, digest: str) -> Literal["done", "missing", "stale"]:
-    """``done`` when ``folder`` holds a finished stage with these settings, ``stale`` with others, else ``missing``."""
+def stage_state(folder: Path, digest: str, P: Optional[Params] = None) -> Literal["done", "missing", "stale"]:
+    """``done`` when ``folder`` holds a finished stage with these settings, ``stale`` with others, else ``missing``.
+
+    With ``P``, a stage whose digest differs is still ``done`` when no setting differs (:func:`stale_keys`): a
+    parameter added to the schema after the stage was committed, left at its default, changes nothing.
+    """
     meta = folder / "stage.json"
     if not meta.is_file():
         return "missing"
-    return "done" if json.loads(meta.read_text(encoding="utf-8")).get("digest") == digest else "stale"
+    if json.loads(meta.read_text(encoding="utf-8")).get("digest") == digest:
+        return "done"
+    return "done" if P is not None and not stale_keys(folder, P) else "stale"
 
 
 def stale_keys(folder: Path, P: Params) -> list[str]:
-    """Parameter keys whose committed value (``folder/params.yaml``) differs from ``P``'s."""
+    """Parameter keys whose committed value (``folder/params.yaml``) differs from ``P``'s.
+
+    A key the committed file lacks counts at its schema default (new parameters default to the old behaviour);
+    run names, analysis settings and the ``NEUTRAL`` keys never count.
+    """
     path = folder / "params.yaml"
     if not path.is_file():
         return ["params.yaml missing"]
     old, new = _flat(yaml.safe_load(path.read_text(encoding="utf-8"))), _flat(P.model_dump(by_alias=True))
-    skip = ("run.", "analysis.")
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not k.startswith(skip))
+    default = _flat(Params.defaults())
+    skip = ("run.", "analysis.", *(f"{s}.{k}" for s, keys in NEUTRAL.items() for k in keys))
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k, default.get(k)) != new.get(k) and not any(k == s or k.startswith(s) for s in skip))
 
 
 def commit_stage(folder: Path, files: dict[str, Path | str], meta: dict[str, Any]) -> Path:
@@ -329,14 +341,14 @@ class Driver:
             if formats is not None and fmt not in formats:
                 continue
             folder = stage_dir(self.spec, plan.key, f"eval-{fmt}")
-            state = stage_state(folder, settings_digest(Pe, "evaluate", plan.train))
+            state = stage_state(folder, settings_digest(Pe, "evaluate", plan.train), Pe)
             if state == "stale" and not self.replace_stale:
                 stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pe)) or 'training settings'})")
             if state != "done":
                 todo.append(f"eval-{fmt}")
         if plan.train is not None and todo:
             folder = stage_dir(self.spec, plan.key, "train")
-            state = stage_state(folder, settings_digest(plan.train, "train"))
+            state = stage_state(folder, settings_digest(plan.train, "train"), plan.train)
             if state == "stale" and not self.replace_stale:
                 stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, plan.train))})")
             if state != "done" or not self._adapter_ready(plan.train):
