@@ -64,6 +64,8 @@ def test_base_cycle_is_reported(tmp_path):
     pytest.param("trian: {}\n", ["unknown key 'trian'; did you mean 'train'"], id="unknown-section"),
     pytest.param("train: {lambda: lots}\n", ["train.lambda", "valid number", "'lots'"], id="wrong-type"),
     pytest.param("train: {temperature: 0}\n", ["train.temperature: Input should be greater than 0"], id="range"),
+    pytest.param("train: {warmup_steps: 5, warmup_ratio: 0.1}\n",
+                 ["train: warmup_steps (5) and warmup_ratio (0.1) are both set; set one of them"], id="across-keys"),
     pytest.param("base: null\nrun: {name: r}\n", ["missing required key 'model'"], id="missing-section"),
     pytest.param("base: null\nrun: {seed: 1}\nmodel: {name: a/b}\n", ["missing required key 'run.name' (run name"],
                  id="missing-nested-key"),

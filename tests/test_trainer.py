@@ -187,6 +187,18 @@ def test_bad_settings_give_clear_errors(tmp_path):
 
 
 
+def test_warmup_ratio_is_a_share_of_the_optimizer_steps(tmp_path):
+    """The paper recipe's 10% warm-up: 813 steps (52,002 entries / 64) warm up for ceil(81.3) = 82."""
+    args = train_mod.training_arguments(make_params(tmp_path, warmup_ratio=0.1))
+    assert args.get_warmup_steps(813) == 82 and args.get_warmup_steps(10) == 1
+    assert train_mod.training_arguments(make_params(tmp_path, warmup_steps=5)).get_warmup_steps(782) == 5
+    assert train_mod.training_arguments(make_params(tmp_path)).get_warmup_steps(782) == 0
+    from coinlib.core.params import load_params
+    from coinlib.core.sources import REPO_ROOT
+
+    assert load_params(REPO_ROOT / "params" / "lambda1000.yaml").train.warmup_ratio == 0.1
+
+
 def test_continues_an_existing_adapter(tmp_path, tiny_dir):
     first = make_params(tmp_path, "first", model={"name": str(tiny_dir)}, max_steps=1)
     adapter = train_mod.train_on(first, make_entries(4))  # loads the model from the folder

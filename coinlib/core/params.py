@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coinlib.core.sources import REPO_ROOT, source_key
 from coinlib.core.tasks import task_names
@@ -125,6 +125,8 @@ class TrainParams(_Section):
     max_steps: int = Field(-1, description="optimizer steps; -1 = from epochs")
     cutoff_len: int = Field(256, ge=8, description="max tokens per sequence")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a share of the optimizer steps "
+                                "(rounded up; the reference code warms up 10%); set this or warmup_steps")
     lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine, constant, ...)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -139,6 +141,14 @@ class TrainParams(_Section):
         False, description="notebook 02 also trains the runs the analyses name, from these parameters: "
         "analysis.cit_run with contrastive off, analysis.coin_run and each analysis.lambda_runs run with its lambda "
         "(how smoke.yaml gets a CIT and a COIN run that differ)")
+
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "TrainParams":
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}) are both set; "
+                             "set one of them (the other 0)")
+        return self
 
 
 class EvaluateParams(_Section):
@@ -377,5 +387,7 @@ def _describe(where: str, err: dict) -> str:
         desc = f" ({field.description})" if field is not None and field.description else ""
         return f"{where}: missing required key {key!r}{desc}. Fix: set it, or build on a base file that does."
     got = err.get("input")
+    if err["type"] == "value_error" and isinstance(got, dict):  # a check across the keys of a section
+        return f"{where}: {key}: {err['msg'].removeprefix('Value error, ')}."
     return f"{where}: {key}: {err['msg']}; got {got!r} ({type(got).__name__})."
 

@@ -198,7 +198,7 @@ def training_arguments(P: Params, world_size: int | None = None) -> TrainingArgu
         per_device_train_batch_size=t.micro_batch_pairs,
         gradient_accumulation_steps=t.batch_size // per_step,
         learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps or t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, bf16=mp == "bf16", fp16=mp == "fp16",
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, report_to=[r for r in t.report_to if r != "tensorboard"],
