@@ -65,7 +65,12 @@ def test_base_cycle_is_reported(tmp_path):
     pytest.param("train: {lambda: lots}\n", ["train.lambda", "valid number", "'lots'"], id="wrong-type"),
     pytest.param("train: {temperature: 0}\n", ["train.temperature: Input should be greater than 0"], id="range"),
     pytest.param("train: {warmup_steps: 5, warmup_ratio: 0.1}\n",
-                 ["train: warmup_steps (5) and warmup_ratio (0.1) are both set; set one of them"], id="across-keys"),
+                 ["train: warmup_steps (5) and warmup_ratio (0.1) are both set. Fix: set one of them"], id="across-keys"),
+    pytest.param("evaluate: {tasks: [sst2, sst3]}\n", ["evaluate.tasks: unknown evaluation task 'sst3'; did you mean "
+                 "'sst2'?", "coinlib.core.tasks.register"], id="unknown-task"),
+    pytest.param("evaluate: {tasks: []}\n", ["evaluate.tasks: List should have at least 1 item"], id="no-task"),
+    pytest.param("analysis: {represent_task: cloa}\n", ["analysis.represent_task: unknown evaluation task 'cloa'; "
+                 "did you mean 'cola'?"], id="unknown-represent-task"),
     pytest.param("base: null\nrun: {name: r}\n", ["missing required key 'model'"], id="missing-section"),
     pytest.param("base: null\nrun: {seed: 1}\nmodel: {name: a/b}\n", ["missing required key 'run.name' (run name"],
                  id="missing-nested-key"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coinlib.core.sources import REPO_ROOT, source_key
 from coinlib.core.tasks import task_names
@@ -30,6 +30,15 @@ ALL_GROUPS = "average"  # group label of rows pooled over every group
 
 class ParamsError(ValueError):
     """Invalid parameters: one message per problem, each naming where, which key, and what is expected."""
+
+
+def _registered_task(name: str) -> str:
+    if name not in task_names():
+        close = difflib.get_close_matches(name, task_names(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown evaluation task {name!r}; {hint}known: {', '.join(task_names())}. Fix: use one "
+                         "of those, or register the task (coinlib.core.tasks.register) before loading the parameters.")
+    return name
 
 
 class _Section(BaseModel):
@@ -146,15 +155,15 @@ class TrainParams(_Section):
     @model_validator(mode="after")
     def _one_warmup(self) -> "TrainParams":
         if self.warmup_steps and self.warmup_ratio:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}) are both set; "
-                             "set one of them (the other 0)")
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) and warmup_ratio ({self.warmup_ratio}) are both set. "
+                             "Fix: set one of them (the other 0).")
         return self
 
 
 class EvaluateParams(_Section):
     """Robustness evaluation on GLUE with instruction variants."""
 
-    tasks: list[str] = Field(default_factory=task_names, description="evaluation tasks (coinlib.core.tasks)")
+    tasks: list[str] = Field(default_factory=task_names, min_length=1, description="evaluation tasks (coinlib.core.tasks)")
     n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
@@ -169,6 +178,9 @@ class EvaluateParams(_Section):
     n_boot: int = Field(1000, ge=1, description="bootstrap resamples for the 95% interval of the mean accuracy")
 
 
+    _registered_tasks = field_validator("tasks")(lambda cls, v: [_registered_task(t) for t in v])
+
+
 class AnalysisParams(_Section):
     """Representation, task-category and lambda analyses."""
 
@@ -181,6 +193,8 @@ class AnalysisParams(_Section):
     lambda_runs: dict[str, str] = Field(
         default_factory=dict, description="lambda value -> run name of the COIN model trained with it (Table 4 sweep)"
     )
+
+    _registered_task = field_validator("represent_task")(lambda cls, v: _registered_task(v))
 
 
 class Params(_Section):
@@ -387,7 +401,7 @@ def _describe(where: str, err: dict) -> str:
         desc = f" ({field.description})" if field is not None and field.description else ""
         return f"{where}: missing required key {key!r}{desc}. Fix: set it, or build on a base file that does."
     got = err.get("input")
-    if err["type"] == "value_error" and isinstance(got, dict):  # a check across the keys of a section
-        return f"{where}: {key}: {err['msg'].removeprefix('Value error, ')}."
+    if err["type"] == "value_error":  # this module's own checks, whose messages name the value
+        return f"{where}: {key}: {err['msg'].removeprefix('Value error, ')}"
     return f"{where}: {key}: {err['msg']}; got {got!r} ({type(got).__name__})."
 
