@@ -44,7 +44,8 @@ def test_committed_stage_outputs_are_not_git_ignored():
                              text=True).stdout.split()
     assert ignored == [], f"git ignores committed study outputs: {ignored} (fix the rule in .gitignore)"
     # the scratch folder at the top stays ignored
-    assert subprocess.run([git, "check-ignore", "--no-index", "runs/x/adapter"], cwd=REPO_ROOT).returncode == 0
+    assert subprocess.run([git, "check-ignore", "--no-index", "runs/x/adapter"], cwd=REPO_ROOT,
+                          capture_output=True).returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------ spec expansion
