@@ -310,6 +310,27 @@ def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):
     assert study.main([spec.source, "--arms", "nope"]) == 2
 
 
+def test_the_driver_warns_when_git_would_ignore_the_committed_outputs(tmp_path, monkeypatch, capsys):
+    """An unanchored ``runs/`` rule also matches ``<committed_root>/<name>/runs/``: the driver says so before running."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    subprocess.run([git, "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("runs/\n", encoding="utf-8")
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
+    assert study.git_ignore_rule(study.stage_dir(spec, "cit-s0", "train") / "stage.json") == ".gitignore:1:runs/"
+    assert study.main([spec.source, "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: git ignores the committed outputs" in out and ".gitignore:1:runs/" in out and "'/runs/'" in out
+    logged: list[str] = []
+    assert study.run_study(spec, only="pilot", log=logged.append) == 0
+    assert "git ignores" in logged[0] and fakes.trained  # a warning, not a stop
+    (tmp_path / ".gitignore").write_text("/runs/\n", encoding="utf-8")  # anchored: only the scratch folder
+    assert study.warn_if_git_ignored(spec, logged.append) is None
+    assert study.git_ignore_rule(tmp_path / "runs" / "x") == ".gitignore:1:/runs/"
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 def test_seed_test_on_a_hand_made_table():
     # differences 0.01, 0.03, 0.05: mean 0.03, SD 0.02, SE 0.02 / sqrt(3) = 0.011547, t = 2.5981 (df 2)

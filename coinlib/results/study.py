@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -288,6 +289,29 @@ def commit_stage(folder: Path, files: dict[str, Path | str], meta: dict[str, Any
     return folder
 
 
+def git_ignore_rule(path: Path) -> Optional[str]:
+    """The rule (``file:line:pattern``) by which git ignores ``path`` (which need not exist); None when git would track
+    it, or when ``path`` is not in a git work tree or git is missing."""
+    git = shutil.which("git")
+    anchor = next((p for p in (path, *path.parents) if p.is_dir()), None)
+    if git is None or anchor is None:
+        return None
+    out = subprocess.run([git, "check-ignore", "--verbose", "--no-index", str(path)], cwd=anchor, capture_output=True,
+                         text=True)
+    return (out.stdout.split("\t", 1)[0].strip() or "an ignore rule") if out.returncode == 0 else None
+
+
+def warn_if_git_ignored(spec: StudySpec, log: Callable[[str], None]) -> Optional[str]:
+    """Warn when git would not commit the study's committed outputs (a fresh clone could not resume from them)."""
+    probe = stage_dir(spec, f"{spec.reference}-s{spec.seeds[0]}", "train") / "stage.json"
+    rule = git_ignore_rule(probe)
+    if rule:
+        log(f"[study] warning: git ignores the committed outputs ({_rel(probe)} matches {rule}), so they cannot be "
+            f"committed and a fresh clone would redo every run. Fix: narrow that rule (e.g. anchor it: '/runs/') or "
+            f"set committed_root in {spec.source or 'the spec'} to a tracked folder.")
+    return rule
+
+
 def _params_yaml(P: Params) -> str:
     return "base: null\n" + P.to_yaml()
 
@@ -442,6 +466,7 @@ def run_study(spec: StudySpec, only: Optional[str] = None, arms: Optional[list[s
 
     ``only="pilot"``: the pilot alone. Returns 0 when done, :data:`GATE_FAILED` when the gate stopped the study.
     """
+    warn_if_git_ignored(spec, log)
     driver = Driver(spec, replace_stale, log)
     pilot = pilot_plan(spec)
     plans = [] if only == "pilot" else expand(spec, arms, seeds, formats, base_model)
@@ -583,6 +608,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             return 0
         arms = [] if args.base_only else args.arms
         if args.plan:
+            warn_if_git_ignored(spec, print)
             driver = Driver(spec, args.replace_stale)
             for plan in expand(spec, arms, args.seeds, args.formats, base):
                 todo = driver.pending(plan)
