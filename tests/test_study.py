@@ -311,7 +311,7 @@ def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):
 
 
 def test_the_driver_warns_when_git_would_ignore_the_committed_outputs(tmp_path, monkeypatch, capsys):
-    """An unanchored ``runs/`` rule also matches ``<committed_root>/<name>/runs/``: the driver says so before running."""
+    """An unanchored `runs/` rule also matches `<committed_root>/<name>/runs/`: the driver says so before running."""
     git = shutil.which("git")
     if git is None:
         pytest.skip("git is not installed")
