@@ -162,14 +162,14 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, smol_tokenizer):
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, smol_tokenizer, monkeypatch):
     P = make_params(tmp_path, max_steps=4)
-    real_ce, calls = train_mod.token_ce, {"n": 0}
+    real_ce, calls = train_mod.supervised_ce, {"n": 0}
 
-    def flaky_ce(logits, labels):
+    def flaky_ce(head, hidden, labels):
         calls["n"] += 1
-        value = real_ce(logits, labels)
+        value = real_ce(head, hidden, labels)
         return value * float("nan") if calls["n"] > 4 else value  # 2 CE calls per step: NaN from step 3
 
-    monkeypatch.setattr(train_mod, "token_ce", flaky_ce)
+    monkeypatch.setattr(train_mod, "supervised_ce", flaky_ce)
     with pytest.raises(train_mod.NonFiniteLossError, match="step 2.*checkpoints.*intact"):
         train_mod.train_on(P, make_entries(12), fresh_model(smol_tokenizer), smol_tokenizer)
     ckpt = P.run_dir / "checkpoints" / "checkpoint-2"
@@ -326,11 +326,12 @@ def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
     P = make_params(tmp_path, model={"name": "smollm2-135m-instruct", "gradient_checkpointing": True},
                     mixed_precision="bf16", max_steps=1)
     model = fresh_model(smol_tokenizer)
-    seen = {"q_proj": [], "lm_head": []}
+    seen, shapes = {"q_proj": [], "lm_head": []}, {"q_proj": [], "lm_head": []}
 
     def record(name):
         def hook(module, args, output):
             seen[name].append(output.dtype)
+            shapes[name].append(tuple(output.shape))
         return hook
 
     model.model.layers[0].self_attn.q_proj.register_forward_hook(record("q_proj"))  # the LoRA-wrapped base layer
@@ -339,8 +340,13 @@ def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
     # autocast: float32 weights, bfloat16 matmul outputs inside the model during the training step
     assert set(seen["q_proj"]) == {torch.bfloat16} and set(seen["lm_head"]) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    # one micro-batch, one forward: q_proj ran a second time when backward recomputed the checkpointed layer
-    assert model.model.gradient_checkpointing and len(seen["q_proj"]) == 2 and len(seen["lm_head"]) == 1
+    # one micro-batch, one forward: q_proj ran a second time when backward recomputed the checkpointed layer;
+    # the output layer ran on each row's last position inside the model, then on the supervised positions only
+    # of the originals and of the positives (a few rows each, not rows x sequence length)
+    assert model.model.gradient_checkpointing and len(seen["q_proj"]) == 2 and len(seen["lm_head"]) == 3
+    rows, width = shapes["q_proj"][0][:2]
+    assert shapes["lm_head"][0][:2] == (rows, 1)
+    assert all(len(s) == 2 and 0 < s[0] < rows * width // 4 for s in shapes["lm_head"][1:])
     log = pd.read_csv(P.run_dir / "train_log.csv")
     assert log[["loss", "loss_ent", "loss_ctr"]].map(math.isfinite).all().all()
     assert any(v.abs().sum() > 0 for k, v in adapter_weights(out).items() if "lora_B" in k)
