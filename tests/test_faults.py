@@ -250,6 +250,33 @@ def test_unreadable_cache_units_are_recomputed_with_a_warning(tiny_dir, tmp_path
     assert not list((P.run_dir / "eval" / "cache").rglob("*.tmp"))
 
 
+SST2 = "hf/nyu-mll__glue/sst2/validation.jsonl"
+
+
+def test_changed_evaluation_data_is_evaluated_afresh(tiny_dir, tmp_path, mirror):
+    """Issue 24.1: the same task name over other rows (labels flipped, text changed) never reuses a cached unit."""
+    m = copy_mirror(mirror, tmp_path / "mirror", [SST2, "prompts/coin_eval_prompts.json"])
+    values = _eval_values(tiny_dir, tmp_path / "runs", m)
+    values["evaluate"].update(tasks=["sst2"], groups=["clean"])
+    P = validate(values)
+    first = ev.run_evaluation(P, rank=0, world_size=1).predictions
+    path = m / SST2
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "label": 1 - r["label"], "sentence": r["sentence"] + " !"}) + "\n"
+                            for r in rows))
+    calls = []
+
+    def counting(model, tok, instruction, *args, **kwargs):
+        calls.append(instruction)
+        return score_instruction(model, tok, instruction, *args, **kwargs)
+
+    again = ev.run_evaluation(P, rank=0, world_size=1, scorer=counting).predictions
+    assert len(calls) == 2  # both units scored again
+    new = load_task("sst2", 3, str(m)).set_index("instance_id")
+    assert (again["gold"].to_numpy() == new.loc[again["instance_id"], "gold"].to_numpy()).all()
+    assert (again["gold"] != first["gold"]).all()
+
+
 def test_two_concurrent_evaluations_of_one_run_equal_a_single_run(tiny_dir, tmp_path, mirror):
     values = _eval_values(tiny_dir, tmp_path / "both", mirror)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
