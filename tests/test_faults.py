@@ -94,6 +94,33 @@ def test_killed_while_saving_resumes_from_newest_complete_checkpoint(tmp_path, s
     assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("damaged,finished", [("optimizer.pt", False), ("adapter_model.safetensors", True)])
+def test_damaged_newest_checkpoint_is_set_aside_naming_it(tmp_path, smol_tokenizer, caplog, damaged, finished):
+    """Issue 24.2: a checkpoint file cut short after saving (an interrupted run's optimizer state, or a finished
+    run's weights with its adapter/ gone) is moved aside with its path and file named; training falls back to the
+    previous checkpoint and ends where an undisturbed run does."""
+    data = make_entries(12)
+    full = _train_params(tmp_path, "full", save_steps=1)
+    train_mod.train_on(full, data, _fresh(smol_tokenizer), smol_tokenizer)
+    part = _train_params(tmp_path, "part", save_steps=1)
+    if finished:
+        train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer)
+        shutil.rmtree(part.run_dir / "adapter")
+    else:
+        with pytest.raises(_Kill.Killed):
+            train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer, callbacks=[_Kill()])
+    newest = part.run_dir / "checkpoints" / ("checkpoint-4" if finished else "checkpoint-2")
+    path = newest / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="coinlib.train.trainer"):
+        train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer)
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"checkpoint {newest} is damaged ({damaged}: " in warned and f"damaged-{newest.name}" in warned
+    assert (newest.parent / f"damaged-{newest.name}" / damaged).is_file()
+    a, b = _adapter(part.run_dir), _adapter(full.run_dir)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 @pytest.mark.parametrize("first,second,key", [({"max_steps": 2}, {"max_steps": 3}, "train.max_steps"),
                                               ({"max_steps": -1, "epochs": 1}, {"max_steps": -1, "epochs": 2},
                                                "train.epochs")])
