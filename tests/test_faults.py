@@ -223,6 +223,63 @@ def test_empty_parameter_file_is_rejected(tmp_path, text, capsys):
     assert exit_info.value.code == 2 and "is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text,fragments", [
+    pytest.param("train: {lambda: .inf}\n", ["train.lambda: Input should be a finite number"], id="lambda-inf"),
+    pytest.param("train: {epochs: .inf}\n", ["train.epochs: Input should be a finite number"], id="epochs-inf"),
+    pytest.param("train: {max_steps: 0}\n", ["train.max_steps: 0 is neither", "-1"], id="max-steps-0"),
+    pytest.param("train: {max_steps: -5}\n", ["train.max_steps: -5 is neither"], id="max-steps-negative"),
+    pytest.param("run: {name: ../../x}\n", ["run.name: run name '../../x' is not a plain name"], id="name-up"),
+    pytest.param("run: {name: /tmp/x}\n", ["run.name: run name '/tmp/x' is not a plain name"], id="name-absolute"),
+    pytest.param("run: {name: ''}\n", ["run.name: run name '' is not a plain name"], id="name-empty"),
+    pytest.param("run: {seed: -1}\n", ["run.seed: Input should be greater than or equal to 0"], id="seed"),
+    pytest.param("analysis: {lambda_runs: {'inf': x}}\n", ["analysis.lambda_runs: key 'inf' is not a finite"],
+                 id="sweep-inf"),
+])
+def test_values_that_would_silently_change_the_experiment_are_refused(tmp_path, text, fragments):
+    """Issue 24.3: an infinite lambda trains CIT, max_steps <= 0 a full epoch, a path as run name writes outside
+    runs/ (or into it): each is refused when the file is loaded, naming the key."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    for fragment in [str(path), *fragments]:
+        assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("text,fragments", [
+    pytest.param("train: {lr_scheduler: cosin}\n", ["train.lr_scheduler: Input should be 'linear', 'cosine'"],
+                 id="lr-scheduler"),
+    pytest.param("train: {lr_scheduler: warmup_stable_decay}\n", ["train.lr_scheduler"], id="needs-arguments"),
+    pytest.param("train: {report_to: [tensorbord]}\n", ["train.report_to.0: Input should be 'tensorboard'"],
+                 id="report-to"),
+    pytest.param("run: {name: x}\ntrain:\n  lambda: 10\n  max_steps: 3\n  lambda: 100\n",
+                 ["line 5, column 3: key 'lambda' is given twice in one mapping (first on line 3). Fix: keep one"],
+                 id="duplicate-key"),
+    pytest.param("run: {name: x}\nrun: {name: y}\n", ["line 2, column 1: key 'run' is given twice"],
+                 id="duplicate-section"),
+])
+def test_choices_and_duplicate_keys_are_refused_when_the_file_is_loaded(tmp_path, text, fragments):
+    """Issue 24.4: what transformers would refuse after the data build and the model load, and a key given twice
+    (the last would win silently), stop the load naming the file, key and line."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    for fragment in [str(path), *fragments]:
+        assert fragment in str(err.value)
+
+
+def test_resume_refusal_names_the_yaml_key(tmp_path, smol_tokenizer):
+    """Issue 24.4: the refusal names ``train.lambda`` (the key to edit), not the attribute ``lambda_``."""
+    data = make_entries(4)
+    train_mod.train_on(_train_params(tmp_path, "r", max_steps=2, **{"lambda": 10}), data, _fresh(smol_tokenizer),
+                       smol_tokenizer)
+    with pytest.raises(ValueError, match=r"different train\.lambda\. Fix") as err:
+        train_mod.train_on(_train_params(tmp_path, "r", max_steps=2, **{"lambda": 100}), data, _fresh(smol_tokenizer),
+                           smol_tokenizer)
+    assert "lambda_" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 def test_prompt_file_with_placeholders_is_rejected_naming_where(tmp_path):
     path = tmp_path / "prompts.yaml"

@@ -348,10 +348,9 @@ def check_resumable(P: Params) -> None:
     if not saved_path.is_file():
         return
     saved = load_params(saved_path)
-    diffs = [f"model.{k}" for k, v in P.model.model_dump().items() if saved.model.model_dump()[k] != v]
-    diffs += [f"data.{k}" for k, v in P.data.model_dump().items() if saved.data.model_dump()[k] != v]
-    diffs += [f"train.{k}" for k, v in P.train.model_dump().items()
-              if k not in RESUME_FREE and saved.train.model_dump()[k] != v]
+    new, old = P.model_dump(by_alias=True), saved.model_dump(by_alias=True)  # YAML key names (train.lambda)
+    diffs = [f"{s}.{k}" for s in ("model", "data", "train") for k, v in new[s].items()
+             if old[s][k] != v and not (s == "train" and k in RESUME_FREE)]
     if saved.run.seed != P.run.seed:
         diffs.append("run.seed")
     if diffs:
