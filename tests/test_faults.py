@@ -171,6 +171,24 @@ def test_built_data_is_keyed_on_source_digest_and_format_version(tmp_path, mirro
     assert json.loads((P.data_dir / "build_report.json").read_text())["format_version"] == pairs.DATA_FORMAT_VERSION
 
 
+@pytest.mark.parametrize("name", ["entries.jsonl", "dataset/data-00000-of-00001.arrow"])
+def test_damaged_built_data_is_rebuilt_naming_the_file(tmp_path, mirror, caplog, name):
+    """Issue 24.5: a built file cut short after the build is found against the build report and rebuilt."""
+    P = _data_params(tmp_path / "runs", copy_mirror(mirror, tmp_path / "mirror"))
+    first = pairs.load_or_build(P, progress=False).to_list()
+    whole = (P.data_dir / "entries.jsonl").read_bytes()
+    path = P.data_dir / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="coinlib.data.pairs"):
+        again = pairs.load_or_build(P, progress=False).to_list()
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{path} is {path.stat().st_size // 2} bytes, its build report says" in warned
+    assert again == first and (P.data_dir / "entries.jsonl").read_bytes() == whole
+    caplog.clear()
+    pairs.load_or_build(P, progress=False)  # intact now: reused without a word
+    assert not caplog.records
+
+
 def test_truncated_mirror_jsonl_names_file_line_and_fix(tmp_path, mirror):
     m = copy_mirror(mirror, tmp_path / "mirror")
     path = m / COLA
