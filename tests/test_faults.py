@@ -398,6 +398,52 @@ def test_two_concurrent_evaluations_of_one_run_equal_a_single_run(tiny_dir, tmp_
     assert len(list((out / "cache").rglob("*.parquet"))) == 8
 
 
+# ----------------------------------------------------------------------------------------------- study
+_KILLED_ATTEMPT = """
+import sys, time
+from pathlib import Path
+import coinlib.results.study as study
+
+def train(P):  # a training that writes a checkpoint, then runs until it is killed
+    (P.run_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+
+study.CLOCK_BEAT_S, study.train = 0.1, train
+spec = study.load_spec(sys.argv[1])
+study.Driver(spec)._train(study.expand(spec)[0])
+"""
+
+
+def test_resumed_training_commits_the_time_of_every_attempt(tmp_path, monkeypatch):
+    """Issue 24.6: a training killed (kill -9) and resumed commits the wall time of both attempts, not the last."""
+    from coinlib.core.params import PARAMS_DIR
+    from coinlib.results import study
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
+        {"base": str(PARAMS_DIR / "study-sentiment.yaml"), "run": {"output_root": str(tmp_path / "runs")}}))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "st", "params": "recipe.yaml", "committed_root": str(tmp_path / "committed"), "seeds": [0],
+        "arms": {"cit": {"label": "CIT", "train": {"contrastive": False}}}, "formats": ["train"], "base_model": False}))
+    started = tmp_path / "started"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_ATTEMPT, str(spec_path), str(started)], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.5)
+    proc.kill()  # SIGKILL: nothing of the attempt runs to its end
+    proc.wait()
+    monkeypatch.setattr(study, "train", lambda P: None)  # the resumed attempt: done at once
+    spec = study.load_spec(spec_path)
+    study.Driver(spec, log=lambda _: None)._train(study.expand(spec)[0])
+    meta = json.loads((study.stage_dir(spec, "cit-s0", "train") / "stage.json").read_text())
+    assert meta["wall_s"] >= 1.4
+
+
 # ----------------------------------------------------------------------------------------------- models
 def test_hub_model_offline_fails_at_once_with_model_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
