@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -442,6 +443,43 @@ def test_resumed_training_commits_the_time_of_every_attempt(tmp_path, monkeypatc
     study.Driver(spec, log=lambda _: None)._train(study.expand(spec)[0])
     meta = json.loads((study.stage_dir(spec, "cit-s0", "train") / "stage.json").read_text())
     assert meta["wall_s"] >= 1.4
+
+
+# ----------------------------------------------------------------------------------------------- committed files
+#: A path that names one machine: a home folder, a checkout's location, a mount (not /usr/bin/env or /tmp).
+MACHINE_PATH = re.compile(r"(?<![\w.~:/-])/(?:home|root|work|Users|mnt|scratch|srv)/[^\s'\"<>()\[\],]*")
+
+
+def _machine_paths(text: str) -> set[str]:
+    found = set(MACHINE_PATH.findall(text))
+    return found | {p for p in (str(REPO), str(Path.home()) + "/") if len(p) > 1 and p in text}
+
+
+def test_committed_outputs_record_repository_relative_paths(tmp_path):
+    """Issue 24.7: every tracked file (text, CSV and parquet content) is free of absolute machine paths, and the
+    evaluation writes an adapter inside the checkout as a repository-relative path."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs git and a git checkout of the project")
+    problems = []
+    for rel in subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0"):
+        rel = rel.decode()
+        path = REPO / rel
+        if not rel or rel.startswith("tests/") or path.suffix in (".png", ".pdf") or not path.is_file():
+            continue  # tests hold such paths as data; images carry none
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            text = "\n".join(frame[c].astype(str).str.cat(sep="\n") for c in frame.columns)
+        else:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        problems += [f"{rel}: {p}" for p in sorted(_machine_paths(text))[:3]]
+    assert problems == [], "tracked files hold absolute machine paths:\n" + "\n".join(problems)
+
+    unit = ev.Unit("m", "sst2", "clean", 0, "Say it.")
+    spec = ev.ModelSpec("m", str(REPO / "runs" / "some-run" / "adapter"))
+    frame = pd.DataFrame({"instance_id": ["0"], "gold": ["positive"]})
+    scored = [type("Scored", (), {"prediction": "positive", "raw_output": "", "label_scores": "{}"})()]
+    ev._write_unit(unit, spec, unit.instruction, frame, scored, tmp_path)
+    assert ev.read_unit(unit.path(tmp_path))["adapter"].tolist() == ["runs/some-run/adapter"]
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write
 from coinlib.core.promptsets import load_prompt_set, select
+from coinlib.core.sources import repo_relative
 from coinlib.core.tasks import get_task, load_task
 from coinlib.evaluate.metrics import summarize
 
@@ -236,7 +237,7 @@ def _load(P: "Params", spec: ModelSpec):
 
 def _write_unit(unit: Unit, spec: ModelSpec, instruction: str, frame: pd.DataFrame, scored, cache: Path) -> None:
     rows = pd.DataFrame({
-        "model": unit.model, "adapter": spec.adapter or "", "task": unit.task, "group": unit.group,
+        "model": unit.model, "adapter": repo_relative(spec.adapter) if spec.adapter else "", "task": unit.task, "group": unit.group,
         "instruction_id": unit.instruction_id, "instruction": instruction,
         "instance_id": frame["instance_id"].to_numpy(), "gold": frame["gold"].to_numpy(),
         "prediction": [s.prediction for s in scored], "raw_output": [s.raw_output for s in scored],

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, read_yaml, validate
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.sources import REPO_ROOT, repo_relative
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
 from coinlib.evaluate.runner import _weights_digest, run_evaluation
 from coinlib.train.trainer import train
@@ -622,9 +622,7 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     return {"runs": runs, "per_seed": per_seed, "across": across}
 
 
-def _rel(path: str | Path) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+_rel = repo_relative
 
 
 # ------------------------------------------------------------------------------------------------ command line
