@@ -74,6 +74,15 @@ def load_ipython_extension(ipython: Any) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!coinlib|__main__)")
 
 
+def kernel_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with this checkout first on ``PYTHONPATH``: a kernel starts in notebooks/,
+    where ``import coinlib`` would otherwise find the checkout the shared virtualenv was installed (editable) from, and
+    write runs and figures into that one."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def _headless_kernel_manager(process_log: Path) -> type:
     """jupyter_client's AsyncKernelManager that keeps the kernel process quiet.
 
@@ -86,13 +95,17 @@ def _headless_kernel_manager(process_log: Path) -> type:
     code); a notebook that ran through is idle, and an interrupt that lands while the kernel still finishes
     its last message is logged as "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" though nothing
     failed. A kernel that does not exit in time still gets SIGTERM, then SIGKILL (``finish_shutdown``).
+
+    The kernel imports this checkout's coinlib (``kernel_env``), whichever checkout the virtualenv was installed from.
     """
     from jupyter_client.manager import AsyncKernelManager
 
     class HeadlessKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            env = kernel_env(kw.get("env"))
             with open(process_log, "ab") as log:  # the child keeps its own copy of the descriptor
-                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log})
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log,
+                                                                         "env": env})
 
         async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
             if now or restart or not self.owns_kernel or not await self.is_alive():

@@ -482,6 +482,27 @@ def test_committed_outputs_record_repository_relative_paths(tmp_path):
     assert ev.read_unit(unit.path(tmp_path))["adapter"].tolist() == ["runs/some-run/adapter"]
 
 
+# ----------------------------------------------------------------------------------------------- pipeline
+def test_pipeline_kernels_import_the_checkout_they_run_from(tmp_path, monkeypatch):
+    """Issue 24.8: a kernel started for this checkout imports its coinlib, even when another checkout's coinlib comes
+    first for a plain ``import`` (a virtualenv shared with, and installed editable from, another checkout)."""
+    import nbformat
+
+    from coinlib import pipeline
+
+    other = tmp_path / "other-checkout"
+    (other / "coinlib").mkdir(parents=True)
+    (other / "coinlib" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": pipeline.KERNEL_NAME, "language": "python",
+                                                           "display_name": "COIN (.venv)"}})
+    nb.cells = [nbformat.v4.new_code_cell("import coinlib\nprint(coinlib.__file__)")]
+    nbformat.write(nb, tmp_path / "which.ipynb")
+    pipeline.execute(tmp_path / "which.ipynb", tmp_path / "which-out.ipynb")
+    printed = nbformat.read(tmp_path / "which-out.ipynb", as_version=4).cells[0].outputs[0].text.strip()
+    assert Path(printed) == REPO / "coinlib" / "__init__.py"
+
+
 # ----------------------------------------------------------------------------------------------- models
 def test_hub_model_offline_fails_at_once_with_model_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
