@@ -242,6 +242,15 @@ def test_empty_parameter_file_is_rejected(tmp_path, text, capsys):
     assert exit_info.value.code == 2 and "is empty" in capsys.readouterr().err
 
 
+def _assert_refused_on_load(tmp_path, text: str, fragments: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    for fragment in [str(path), *fragments]:
+        assert fragment in str(err.value)
+
+
 @pytest.mark.parametrize("text,fragments", [
     pytest.param("train: {lambda: .inf}\n", ["train.lambda: Input should be a finite number"], id="lambda-inf"),
     pytest.param("train: {epochs: .inf}\n", ["train.epochs: Input should be a finite number"], id="epochs-inf"),
@@ -257,12 +266,7 @@ def test_empty_parameter_file_is_rejected(tmp_path, text, capsys):
 def test_values_that_would_silently_change_the_experiment_are_refused(tmp_path, text, fragments):
     """Issue 24.3: an infinite lambda trains CIT, max_steps <= 0 a full epoch, a path as run name writes outside
     runs/ (or into it): each is refused when the file is loaded, naming the key."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(ParamsError) as err:
-        load_params(path)
-    for fragment in [str(path), *fragments]:
-        assert fragment in str(err.value)
+    _assert_refused_on_load(tmp_path, text, fragments)
 
 
 @pytest.mark.parametrize("text,fragments", [
@@ -280,12 +284,7 @@ def test_values_that_would_silently_change_the_experiment_are_refused(tmp_path, 
 def test_choices_and_duplicate_keys_are_refused_when_the_file_is_loaded(tmp_path, text, fragments):
     """Issue 24.4: what transformers would refuse after the data build and the model load, and a key given twice
     (the last would win silently), stop the load naming the file, key and line."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(ParamsError) as err:
-        load_params(path)
-    for fragment in [str(path), *fragments]:
-        assert fragment in str(err.value)
+    _assert_refused_on_load(tmp_path, text, fragments)
 
 
 def test_resume_refusal_names_the_yaml_key(tmp_path, smol_tokenizer):
