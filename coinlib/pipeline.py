@@ -6,7 +6,8 @@
 
 The file is validated before any notebook starts. Executed notebooks are written to
 ``<run dir>/notebooks/``; figures go under ``figures/<run name>/``. One line per notebook is printed
-(name, seconds, executed notebook); a failing cell is printed with its source and traceback.
+(name, seconds, executed notebook); a failing cell is printed with its source and traceback. Kernels import this
+checkout's coinlib, also from a virtualenv shared with (and installed editable from) another checkout.
 
 ``--commit-outputs`` executes each notebook with its default parameters (those of params/smoke.yaml) and
 replaces it only if it ran through and its outputs are clean (``output_problems``): no absolute path, no
