@@ -55,8 +55,8 @@ def _registered_task(name: str) -> str:
 
 def _plain_name(name: str) -> str:
     if not PLAIN_NAME.fullmatch(name):
-        raise ValueError(f"run name {name!r} is not a plain name: outputs go to <run.output_root>/<name>, so it must be "
-                         "one folder name (letters, digits, '.', '_', '-'; starting with a letter or digit). "
+        raise ValueError(f"run name {name!r} is not a plain name: outputs go to <run.output_root>/<name>, so it "
+                         "must be one folder name (letters, digits, '.', '_', '-'; starting with a letter or digit). "
                          "Fix: e.g. my-run.")
     return name
 

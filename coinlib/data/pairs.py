@@ -478,7 +478,7 @@ def data_key(P: "Params") -> dict[str, Any]:
 
 
 def built_files(folder: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file below ``folder`` (by POSIX path relative to it), as the build report keeps them."""
+    """Size and SHA-256 of every file below ``folder`` (by relative POSIX path), as the build report keeps them."""
     import hashlib
 
     return {f.relative_to(folder).as_posix(): {"bytes": f.stat().st_size,

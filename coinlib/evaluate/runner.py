@@ -237,7 +237,8 @@ def _load(P: "Params", spec: ModelSpec):
 
 def _write_unit(unit: Unit, spec: ModelSpec, instruction: str, frame: pd.DataFrame, scored, cache: Path) -> None:
     rows = pd.DataFrame({
-        "model": unit.model, "adapter": repo_relative(spec.adapter) if spec.adapter else "", "task": unit.task, "group": unit.group,
+        "model": unit.model, "adapter": repo_relative(spec.adapter) if spec.adapter else "",  # names no machine
+        "task": unit.task, "group": unit.group,
         "instruction_id": unit.instruction_id, "instruction": instruction,
         "instance_id": frame["instance_id"].to_numpy(), "gold": frame["gold"].to_numpy(),
         "prediction": [s.prediction for s in scored], "raw_output": [s.raw_output for s in scored],
