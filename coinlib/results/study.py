@@ -13,11 +13,11 @@ its ``model``/``data``/``train`` sections; the driver expands arms x seeds into 
 evaluation per input format (the same evaluation sample for every run), plus the untrained base model.
 
 Each finished stage's small outputs (``params.yaml``, ``train_log.csv``; ``summary.csv``, ``predictions.parquet``;
-``stage.json`` with the wall time, summed over the attempts of a resumed stage) are copied atomically (one folder
-renamed into place) into the committed folder ``<committed_root>/<name>/runs/<arm>-s<seed>/{train,eval-<format>}/``.
-A stage whose committed folder exists with the same settings is done: a run is retrained only when one of its
-evaluations is missing and its adapter is not in ``runs/`` (so a fresh clone resumes from the repository alone).
-Committed outputs made with other settings stop the driver with the differing keys (``--replace-stale`` redoes them).
+``stage.json`` with the wall time) are copied atomically (one folder renamed into place) into the committed folder
+``<committed_root>/<name>/runs/<arm>-s<seed>/{train,eval-<format>}/``. A stage whose committed folder exists with the
+same settings is done: a run is retrained only when one of its evaluations is missing and its adapter is not in
+``runs/`` (so a fresh clone resumes from the repository alone). Committed outputs made with other settings stop the
+driver with the differing keys (``--replace-stale`` redoes them).
 
 The pilot (``gate.arm`` at ``gate.seed``) runs first; if its ``gate.metric`` on ``gate.task``/``gate.group`` in
 ``gate.format`` stays below ``gate.threshold``, the driver says so and stops (``--ignore-gate`` overrides).
