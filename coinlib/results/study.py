@@ -326,6 +326,32 @@ def _meta(digest: str, wall_s: float, adapter: Optional[str], command: str) -> d
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "command": command}
 
 
+# ------------------------------------------------------------------------------------------------ gate
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    value: float
+    message: str
+
+
+def gate_decision(summary: pd.DataFrame, gate: GateSpec, where: str = "pilot", fix: str = "") -> GateDecision:
+    """Whether the pilot's evaluation ``summary`` reaches the gate; the message states the evidence and what to do."""
+    rows = summary[(summary["task"] == gate.task) & (summary["group"] == gate.group)]
+    if len(rows) != 1 or gate.metric not in rows.columns:
+        raise StudyError(f"{where}: the summary has no single {gate.task}/{gate.group} row with {gate.metric!r}. "
+                         "Fix: the gate's task and group must be evaluated (evaluate.tasks, evaluate.groups).")
+    value = float(rows[gate.metric].iloc[0])
+    what = (f"{gate.arm} seed {gate.seed}, {gate.format} format, {gate.task} {gate.group} instructions: "
+            f"{gate.metric} {100 * value:.1f}% (gate {100 * gate.threshold:.1f}%)")
+    if value >= gate.threshold:
+        return GateDecision(True, value, f"GATE PASSED: {what}; continuing with the other runs.")
+    return GateDecision(False, value, (
+        f"GATE STOPPED THE STUDY: {what}. The pilot model does not separate the labels well enough for instruction "
+        f"sensitivity to be measured. Fix: strengthen the recipe {fix}(more train.max_steps or data.size; the pilot is "
+        "then redone with --replace-stale), or pass --ignore-gate to spend the rest anyway."))
+
+
+# ------------------------------------------------------------------------------------------------ driver
 class StageClock:
     """Wall time of a stage summed over its attempts (a killed training or evaluation resumes where it stopped), kept
     in ``path`` as ``{"digest": settings, "attempts_s": [...]}``. A running attempt is recorded every
@@ -373,32 +399,6 @@ class StageClock:
             record()
 
 
-# ------------------------------------------------------------------------------------------------ gate
-@dataclass(frozen=True)
-class GateDecision:
-    passed: bool
-    value: float
-    message: str
-
-
-def gate_decision(summary: pd.DataFrame, gate: GateSpec, where: str = "pilot", fix: str = "") -> GateDecision:
-    """Whether the pilot's evaluation ``summary`` reaches the gate; the message states the evidence and what to do."""
-    rows = summary[(summary["task"] == gate.task) & (summary["group"] == gate.group)]
-    if len(rows) != 1 or gate.metric not in rows.columns:
-        raise StudyError(f"{where}: the summary has no single {gate.task}/{gate.group} row with {gate.metric!r}. "
-                         "Fix: the gate's task and group must be evaluated (evaluate.tasks, evaluate.groups).")
-    value = float(rows[gate.metric].iloc[0])
-    what = (f"{gate.arm} seed {gate.seed}, {gate.format} format, {gate.task} {gate.group} instructions: "
-            f"{gate.metric} {100 * value:.1f}% (gate {100 * gate.threshold:.1f}%)")
-    if value >= gate.threshold:
-        return GateDecision(True, value, f"GATE PASSED: {what}; continuing with the other runs.")
-    return GateDecision(False, value, (
-        f"GATE STOPPED THE STUDY: {what}. The pilot model does not separate the labels well enough for instruction "
-        f"sensitivity to be measured. Fix: strengthen the recipe {fix}(more train.max_steps or data.size; the pilot is "
-        "then redone with --replace-stale), or pass --ignore-gate to spend the rest anyway."))
-
-
-# ------------------------------------------------------------------------------------------------ driver
 class Driver:
     """Runs plans stage by stage, skipping committed stages; one log line per finished stage."""
 
