@@ -6,7 +6,8 @@
 
 The file is validated before any notebook starts. Executed notebooks are written to
 ``<run dir>/notebooks/``; figures go under ``figures/<run name>/``. One line per notebook is printed
-(name, seconds, executed notebook); a failing cell is printed with its source and traceback.
+(name, seconds, executed notebook); a failing cell is printed with its source and traceback. Kernels import this
+checkout's coinlib, also from a virtualenv shared with (and installed editable from) another checkout.
 
 ``--commit-outputs`` executes each notebook with its default parameters (those of params/smoke.yaml) and
 replaces it only if it ran through and its outputs are clean (``output_problems``): no absolute path, no
@@ -74,6 +75,15 @@ def load_ipython_extension(ipython: Any) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!coinlib|__main__)")
 
 
+def kernel_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with this checkout first on ``PYTHONPATH``: a kernel starts in notebooks/,
+    where ``import coinlib`` would otherwise find the checkout the shared virtualenv was installed (editable) from, and
+    write runs and figures into that one."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def _headless_kernel_manager(process_log: Path) -> type:
     """jupyter_client's AsyncKernelManager that keeps the kernel process quiet.
 
@@ -86,13 +96,17 @@ def _headless_kernel_manager(process_log: Path) -> type:
     code); a notebook that ran through is idle, and an interrupt that lands while the kernel still finishes
     its last message is logged as "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" though nothing
     failed. A kernel that does not exit in time still gets SIGTERM, then SIGKILL (``finish_shutdown``).
+
+    The kernel imports this checkout's coinlib (``kernel_env``), whichever checkout the virtualenv was installed from.
     """
     from jupyter_client.manager import AsyncKernelManager
 
     class HeadlessKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            env = kernel_env(kw.get("env"))
             with open(process_log, "ab") as log:  # the child keeps its own copy of the descriptor
-                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log})
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log,
+                                                                         "env": env})
 
         async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
             if now or restart or not self.owns_kernel or not await self.is_alive():

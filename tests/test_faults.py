@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,33 @@ def test_killed_while_saving_resumes_from_newest_complete_checkpoint(tmp_path, s
     assert pd.read_csv(part.run_dir / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("damaged,finished", [("optimizer.pt", False), ("adapter_model.safetensors", True)])
+def test_damaged_newest_checkpoint_is_set_aside_naming_it(tmp_path, smol_tokenizer, caplog, damaged, finished):
+    """Issue 24.2: a checkpoint file cut short after saving (an interrupted run's optimizer state, or a finished
+    run's weights with its adapter/ gone) is moved aside with its path and file named; training falls back to the
+    previous checkpoint and ends where an undisturbed run does."""
+    data = make_entries(12)
+    full = _train_params(tmp_path, "full", save_steps=1)
+    train_mod.train_on(full, data, _fresh(smol_tokenizer), smol_tokenizer)
+    part = _train_params(tmp_path, "part", save_steps=1)
+    if finished:
+        train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer)
+        shutil.rmtree(part.run_dir / "adapter")
+    else:
+        with pytest.raises(_Kill.Killed):
+            train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer, callbacks=[_Kill()])
+    newest = part.run_dir / "checkpoints" / ("checkpoint-4" if finished else "checkpoint-2")
+    path = newest / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="coinlib.train.trainer"):
+        train_mod.train_on(part, data, _fresh(smol_tokenizer), smol_tokenizer)
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"checkpoint {newest} is damaged ({damaged}: " in warned and f"damaged-{newest.name}" in warned
+    assert (newest.parent / f"damaged-{newest.name}" / damaged).is_file()
+    a, b = _adapter(part.run_dir), _adapter(full.run_dir)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 @pytest.mark.parametrize("first,second,key", [({"max_steps": 2}, {"max_steps": 3}, "train.max_steps"),
                                               ({"max_steps": -1, "epochs": 1}, {"max_steps": -1, "epochs": 2},
                                                "train.epochs")])
@@ -142,6 +170,24 @@ def test_built_data_is_keyed_on_source_digest_and_format_version(tmp_path, mirro
     monkeypatch.setattr(pairs, "DATA_FORMAT_VERSION", pairs.DATA_FORMAT_VERSION + 1)
     pairs.load_or_build(P, progress=False)
     assert json.loads((P.data_dir / "build_report.json").read_text())["format_version"] == pairs.DATA_FORMAT_VERSION
+
+
+@pytest.mark.parametrize("name", ["entries.jsonl", "dataset/data-00000-of-00001.arrow"])
+def test_damaged_built_data_is_rebuilt_naming_the_file(tmp_path, mirror, caplog, name):
+    """Issue 24.5: a built file cut short after the build is found against the build report and rebuilt."""
+    P = _data_params(tmp_path / "runs", copy_mirror(mirror, tmp_path / "mirror"))
+    first = pairs.load_or_build(P, progress=False).to_list()
+    whole = (P.data_dir / "entries.jsonl").read_bytes()
+    path = P.data_dir / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="coinlib.data.pairs"):
+        again = pairs.load_or_build(P, progress=False).to_list()
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{path} is {path.stat().st_size // 2} bytes, its build report says" in warned
+    assert again == first and (P.data_dir / "entries.jsonl").read_bytes() == whole
+    caplog.clear()
+    pairs.load_or_build(P, progress=False)  # intact now: reused without a word
+    assert not caplog.records
 
 
 def test_truncated_mirror_jsonl_names_file_line_and_fix(tmp_path, mirror):
@@ -194,6 +240,62 @@ def test_empty_parameter_file_is_rejected(tmp_path, text, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_params_or_exit(path)
     assert exit_info.value.code == 2 and "is empty" in capsys.readouterr().err
+
+
+def _assert_refused_on_load(tmp_path, text: str, fragments: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    for fragment in [str(path), *fragments]:
+        assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("text,fragments", [
+    pytest.param("train: {lambda: .inf}\n", ["train.lambda: Input should be a finite number"], id="lambda-inf"),
+    pytest.param("train: {epochs: .inf}\n", ["train.epochs: Input should be a finite number"], id="epochs-inf"),
+    pytest.param("train: {max_steps: 0}\n", ["train.max_steps: 0 is neither", "-1"], id="max-steps-0"),
+    pytest.param("train: {max_steps: -5}\n", ["train.max_steps: -5 is neither"], id="max-steps-negative"),
+    pytest.param("run: {name: ../../x}\n", ["run.name: run name '../../x' is not a plain name"], id="name-up"),
+    pytest.param("run: {name: /tmp/x}\n", ["run.name: run name '/tmp/x' is not a plain name"], id="name-absolute"),
+    pytest.param("run: {name: ''}\n", ["run.name: run name '' is not a plain name"], id="name-empty"),
+    pytest.param("run: {seed: -1}\n", ["run.seed: Input should be greater than or equal to 0"], id="seed"),
+    pytest.param("analysis: {lambda_runs: {'inf': x}}\n", ["analysis.lambda_runs: key 'inf' is not a finite"],
+                 id="sweep-inf"),
+])
+def test_values_that_would_silently_change_the_experiment_are_refused(tmp_path, text, fragments):
+    """Issue 24.3: an infinite lambda trains CIT, max_steps <= 0 a full epoch, a path as run name writes outside
+    runs/ (or into it): each is refused when the file is loaded, naming the key."""
+    _assert_refused_on_load(tmp_path, text, fragments)
+
+
+@pytest.mark.parametrize("text,fragments", [
+    pytest.param("train: {lr_scheduler: cosin}\n", ["train.lr_scheduler: Input should be 'linear', 'cosine'"],
+                 id="lr-scheduler"),
+    pytest.param("train: {lr_scheduler: warmup_stable_decay}\n", ["train.lr_scheduler"], id="needs-arguments"),
+    pytest.param("train: {report_to: [tensorbord]}\n", ["train.report_to.0: Input should be 'tensorboard'"],
+                 id="report-to"),
+    pytest.param("run: {name: x}\ntrain:\n  lambda: 10\n  max_steps: 3\n  lambda: 100\n",
+                 ["line 5, column 3: key 'lambda' is given twice in one mapping (first on line 3). Fix: keep one"],
+                 id="duplicate-key"),
+    pytest.param("run: {name: x}\nrun: {name: y}\n", ["line 2, column 1: key 'run' is given twice"],
+                 id="duplicate-section"),
+])
+def test_choices_and_duplicate_keys_are_refused_when_the_file_is_loaded(tmp_path, text, fragments):
+    """Issue 24.4: what transformers would refuse after the data build and the model load, and a key given twice
+    (the last would win silently), stop the load naming the file, key and line."""
+    _assert_refused_on_load(tmp_path, text, fragments)
+
+
+def test_resume_refusal_names_the_yaml_key(tmp_path, smol_tokenizer):
+    """Issue 24.4: the refusal names ``train.lambda`` (the key to edit), not the attribute ``lambda_``."""
+    data = make_entries(4)
+    train_mod.train_on(_train_params(tmp_path, "r", max_steps=2, **{"lambda": 10}), data, _fresh(smol_tokenizer),
+                       smol_tokenizer)
+    with pytest.raises(ValueError, match=r"different train\.lambda\. Fix") as err:
+        train_mod.train_on(_train_params(tmp_path, "r", max_steps=2, **{"lambda": 100}), data, _fresh(smol_tokenizer),
+                           smol_tokenizer)
+    assert "lambda_" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -250,6 +352,33 @@ def test_unreadable_cache_units_are_recomputed_with_a_warning(tiny_dir, tmp_path
     assert not list((P.run_dir / "eval" / "cache").rglob("*.tmp"))
 
 
+SST2 = "hf/nyu-mll__glue/sst2/validation.jsonl"
+
+
+def test_changed_evaluation_data_is_evaluated_afresh(tiny_dir, tmp_path, mirror):
+    """Issue 24.1: the same task name over other rows (labels flipped, text changed) never reuses a cached unit."""
+    m = copy_mirror(mirror, tmp_path / "mirror", [SST2, "prompts/coin_eval_prompts.json"])
+    values = _eval_values(tiny_dir, tmp_path / "runs", m)
+    values["evaluate"].update(tasks=["sst2"], groups=["clean"])
+    P = validate(values)
+    first = ev.run_evaluation(P, rank=0, world_size=1).predictions
+    path = m / SST2
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "label": 1 - r["label"], "sentence": r["sentence"] + " !"}) + "\n"
+                            for r in rows))
+    calls = []
+
+    def counting(model, tok, instruction, *args, **kwargs):
+        calls.append(instruction)
+        return score_instruction(model, tok, instruction, *args, **kwargs)
+
+    again = ev.run_evaluation(P, rank=0, world_size=1, scorer=counting).predictions
+    assert len(calls) == 2  # both units scored again
+    new = load_task("sst2", 3, str(m)).set_index("instance_id")
+    assert (again["gold"].to_numpy() == new.loc[again["instance_id"], "gold"].to_numpy()).all()
+    assert (again["gold"] != first["gold"]).all()
+
+
 def test_two_concurrent_evaluations_of_one_run_equal_a_single_run(tiny_dir, tmp_path, mirror):
     values = _eval_values(tiny_dir, tmp_path / "both", mirror)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
@@ -267,6 +396,110 @@ def test_two_concurrent_evaluations_of_one_run_equal_a_single_run(tiny_dir, tmp_
     leftovers = [p for p in (tmp_path / "both").rglob("*") if ".tmp" in p.name or p.name.endswith(".unreadable")]
     assert leftovers == []
     assert len(list((out / "cache").rglob("*.parquet"))) == 8
+
+
+# ----------------------------------------------------------------------------------------------- study
+_KILLED_ATTEMPT = """
+import sys, time
+from pathlib import Path
+import coinlib.results.study as study
+
+def train(P):  # a training that writes a checkpoint, then runs until it is killed
+    (P.run_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+
+study.CLOCK_BEAT_S, study.train = 0.1, train
+spec = study.load_spec(sys.argv[1])
+study.Driver(spec)._train(study.expand(spec)[0])
+"""
+
+
+def test_resumed_training_commits_the_time_of_every_attempt(tmp_path, monkeypatch):
+    """Issue 24.6: a training killed (kill -9) and resumed commits the wall time of both attempts, not the last."""
+    from coinlib.core.params import PARAMS_DIR
+    from coinlib.results import study
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
+        {"base": str(PARAMS_DIR / "study-sentiment.yaml"), "run": {"output_root": str(tmp_path / "runs")}}))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "st", "params": "recipe.yaml", "committed_root": str(tmp_path / "committed"), "seeds": [0],
+        "arms": {"cit": {"label": "CIT", "train": {"contrastive": False}}}, "formats": ["train"], "base_model": False}))
+    started = tmp_path / "started"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_ATTEMPT, str(spec_path), str(started)], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.5)
+    proc.kill()  # SIGKILL: nothing of the attempt runs to its end
+    proc.wait()
+    monkeypatch.setattr(study, "train", lambda P: None)  # the resumed attempt: done at once
+    spec = study.load_spec(spec_path)
+    study.Driver(spec, log=lambda _: None)._train(study.expand(spec)[0])
+    meta = json.loads((study.stage_dir(spec, "cit-s0", "train") / "stage.json").read_text())
+    assert meta["wall_s"] >= 1.4
+
+
+# ----------------------------------------------------------------------------------------------- committed files
+#: A path that names one machine: a home folder, a checkout's location, a mount (not /usr/bin/env or /tmp).
+MACHINE_PATH = re.compile(r"(?<![\w.~:/-])/(?:home|root|work|Users|mnt|scratch|srv)/[^\s'\"<>()\[\],]*")
+
+
+def _machine_paths(text: str) -> set[str]:
+    found = set(MACHINE_PATH.findall(text))
+    return found | {p for p in (str(REPO), str(Path.home()) + "/") if len(p) > 1 and p in text}
+
+
+def test_committed_outputs_record_repository_relative_paths(tmp_path):
+    """Issue 24.7: every tracked file (text, CSV and parquet content) is free of absolute machine paths, and the
+    evaluation writes an adapter inside the checkout as a repository-relative path."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs git and a git checkout of the project")
+    problems = []
+    for rel in subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0"):
+        rel = rel.decode()
+        path = REPO / rel
+        if not rel or rel.startswith("tests/") or path.suffix in (".png", ".pdf") or not path.is_file():
+            continue  # tests hold such paths as data; images carry none
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            text = "\n".join(frame[c].astype(str).str.cat(sep="\n") for c in frame.columns)
+        else:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        problems += [f"{rel}: {p}" for p in sorted(_machine_paths(text))[:3]]
+    assert problems == [], "tracked files hold absolute machine paths:\n" + "\n".join(problems)
+
+    unit = ev.Unit("m", "sst2", "clean", 0, "Say it.")
+    spec = ev.ModelSpec("m", str(REPO / "runs" / "some-run" / "adapter"))
+    frame = pd.DataFrame({"instance_id": ["0"], "gold": ["positive"]})
+    scored = [type("Scored", (), {"prediction": "positive", "raw_output": "", "label_scores": "{}"})()]
+    ev._write_unit(unit, spec, unit.instruction, frame, scored, tmp_path)
+    assert ev.read_unit(unit.path(tmp_path))["adapter"].tolist() == ["runs/some-run/adapter"]
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+def test_pipeline_kernels_import_the_checkout_they_run_from(tmp_path, monkeypatch):
+    """Issue 24.8: a kernel started for this checkout imports its coinlib, even when another checkout's coinlib comes
+    first for a plain ``import`` (a virtualenv shared with, and installed editable from, another checkout)."""
+    import nbformat
+
+    from coinlib import pipeline
+
+    other = tmp_path / "other-checkout"
+    (other / "coinlib").mkdir(parents=True)
+    (other / "coinlib" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other))
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": pipeline.KERNEL_NAME, "language": "python",
+                                                           "display_name": "COIN (.venv)"}})
+    nb.cells = [nbformat.v4.new_code_cell("import coinlib\nprint(coinlib.__file__)")]
+    nbformat.write(nb, tmp_path / "which.ipynb")
+    pipeline.execute(tmp_path / "which.ipynb", tmp_path / "which-out.ipynb")
+    printed = nbformat.read(tmp_path / "which-out.ipynb", as_version=4).cells[0].outputs[0].text.strip()
+    assert Path(printed) == REPO / "coinlib" / "__init__.py"
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -138,3 +138,24 @@ def test_smoke_trains_a_cit_and_a_coin_run_that_differ():
     assert runs["smoke-cit"].data_dir == runs["smoke"].data_dir
     # files that name their runs' own parameter files train only themselves
     assert [Q.run.name for Q in load_params(PARAMS_DIR / "cpu-mini.yaml").runs_to_train()] == ["cpu-mini"]
+
+
+def test_scheduler_and_report_choices_are_those_transformers_accepts():
+    """``train.lr_scheduler`` / ``train.report_to`` choices (validated at load) follow the installed transformers."""
+    import torch
+    from transformers import get_scheduler
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    from transformers.trainer_utils import SchedulerType
+
+    from coinlib.core.params import LR_SCHEDULERS, REPORT_TO
+
+    assert set(REPORT_TO) == set(INTEGRATION_TO_CALLBACK)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    works = set()
+    for kind in SchedulerType:
+        try:
+            get_scheduler(kind.value, optimizer, num_warmup_steps=1, num_training_steps=10)
+        except (TypeError, ValueError):
+            continue
+        works.add(kind.value)
+    assert set(LR_SCHEDULERS) == works - {"reduce_lr_on_plateau", "greedy"}  # those two need an eval strategy

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -24,6 +26,16 @@ from coinlib.core.tasks import task_names
 PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
 SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
+#: ``train.lr_scheduler`` values transformers accepts with the arguments training passes (warm-up and step count
+#: only; ``reduce_lr_on_plateau`` and ``greedy`` need an evaluation strategy, the ``*_min_lr`` and
+#: ``warmup_stable_decay`` schedules extra arguments).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+#: ``train.report_to`` values: transformers' reporting integrations (``[]`` reports nowhere).
+REPORT_TO = ("tensorboard", "wandb", "azure_ml", "comet_ml", "mlflow", "neptune", "trackio", "codecarbon", "clearml",
+             "dagshub", "flyte", "dvclive", "swanlab", "kubeflow")
+#: A run name: one folder name below ``run.output_root`` (no separator, not ``.``/``..``, not empty).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
 ALL_GROUPS = "average"  # group label of rows pooled over every group
 
@@ -41,20 +53,32 @@ def _registered_task(name: str) -> str:
     return name
 
 
+def _plain_name(name: str) -> str:
+    if not PLAIN_NAME.fullmatch(name):
+        raise ValueError(f"run name {name!r} is not a plain name: outputs go to <run.output_root>/<name>, so it "
+                         "must be one folder name (letters, digits, '.', '_', '-'; starting with a letter or digit). "
+                         "Fix: e.g. my-run.")
+    return name
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    # allow_inf_nan=False: every float is finite (`.inf` or `.nan` in YAML would otherwise pass every bound)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class RunParams(_Section):
     """Where outputs go and how randomness is seeded."""
 
     name: str = Field(description="run name: outputs go to <output_root>/<name>, figures to figures/<name>")
-    seed: int = Field(0, description="seed for every random choice (sampling, shuffling, initialisation)")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed for every random choice (sampling, shuffling, "
+                      "initialisation); numpy's seeds are 0 <= seed < 2**32")
     output_root: str = Field("runs", description="folder (relative to the repository) for run outputs")
     figures_root: str = Field("figures", description="folder (relative to the repository) for figures")
     mirror: Optional[str] = Field(
         "auto", description="local data mirror root; 'auto' = $COIN_DATA_MIRROR or ../shared/data; 'hub' = online"
     )
+
+    _plain_name = field_validator("name")(lambda cls, v: _plain_name(v))
 
 
 class LoraParams(_Section):
@@ -131,12 +155,13 @@ class TrainParams(_Section):
     gather_across_processes: bool = Field(
         False, description="in_batch with several processes: gather embeddings so other processes' rows are negatives")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="optimizer steps; -1 = from epochs")
+    max_steps: int = Field(-1, description="optimizer steps (>= 1); -1 = from epochs")
     cutoff_len: int = Field(256, ge=8, description="max tokens per sequence")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a share of the optimizer steps "
                                 "(rounded up; the reference code warms up 10%); set this or warmup_steps")
-    lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine, constant, ...)")
+    lr_scheduler: Literal[LR_SCHEDULERS] = Field(
+        "linear", description=f"learning-rate schedule (transformers): {', '.join(LR_SCHEDULERS)}")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
@@ -144,13 +169,21 @@ class TrainParams(_Section):
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(200, ge=1)
     save_total_limit: Optional[int] = Field(3, ge=1, description="checkpoints kept (oldest deleted); null = all")
-    report_to: list[str] = Field(
+    report_to: list[Literal[REPORT_TO]] = Field(
         default_factory=lambda: ["tensorboard"], description="tensorboard (default), wandb (opt-in), or [] for none")
     analysis_runs: bool = Field(
         False, description="notebook 02 also trains the runs the analyses name, from these parameters: "
         "analysis.cit_run with contrastive off, analysis.coin_run and each analysis.lambda_runs run with its lambda "
         "(how smoke.yaml gets a CIT and a COIN run that differ)")
 
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError(f"{v} is neither a number of optimizer steps (>= 1) nor -1 (steps from train.epochs). "
+                             "Fix: set a positive count, or -1.")
+        return v
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "TrainParams":
@@ -195,6 +228,20 @@ class AnalysisParams(_Section):
     )
 
     _registered_task = field_validator("represent_task")(lambda cls, v: _registered_task(v))
+    _plain_names = field_validator("cit_run", "coin_run")(lambda cls, v: v if v is None else _plain_name(v))
+
+    @field_validator("lambda_runs")
+    @classmethod
+    def _sweep(cls, v: dict[str, str]) -> dict[str, str]:
+        for lam, name in v.items():
+            try:
+                ok = math.isfinite(float(lam)) and float(lam) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"key {lam!r} is not a finite lambda > 0. Fix: use e.g. '1000' or '1e8'.")
+            _plain_name(name)
+        return v
 
 
 class Params(_Section):
@@ -267,17 +314,39 @@ def _repo_path(p: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- loading
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a YAML file gives one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys: SafeLoader's own error
+            if key in first:
+                raise DuplicateKeyError(None, None, f"key {key!r} is given twice in one mapping (first on line "
+                                        f"{first[key]}). Fix: keep one of them", key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a parameter file; syntax errors name the file, line and column."""
+    """Parse a parameter file; syntax errors and duplicate keys name the file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found. Fix: pass an existing file (see {PARAMS_DIR})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, DuplicateKeyError):
+            raise ParamsError(f"{path}:{where}: {problem}.") from exc
         raise ParamsError(f"{path}:{where}: YAML syntax error: {problem}. Fix the file's syntax.") from exc
     if data is None or data == {}:
         raise ParamsError(

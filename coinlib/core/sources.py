@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 MIRROR_ENV = "COIN_DATA_MIRROR"
 CACHE_ENV = "COIN_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when it lies inside it (``runs/x/adapter``: outputs and messages name
+    no machine), else absolute."""
+    p = Path(path).resolve()
+    return p.relative_to(REPO_ROOT).as_posix() if p.is_relative_to(REPO_ROOT) else str(p)
+
+
 #: Mirror picked up without configuration when it sits beside the checkout (as in this project's CI).
 SIBLING_MIRROR = REPO_ROOT.parent / "shared" / "data"
 

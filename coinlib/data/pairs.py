@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
+from coinlib.core.fileio import update_digest
 from coinlib.core.sources import (
     DATASETS,
     JSON_ARTIFACTS,
@@ -409,7 +410,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
         "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
         "prompt_sets_checked": prompt_sets,
     }
-    report.update(key)
+    report.update(key, files=built_files(tmp))
     (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     try:
@@ -471,19 +472,46 @@ def data_key(P: "Params") -> dict[str, Any]:
     h = hashlib.sha256()
     for f in source_files(P):
         h.update(str(f).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        update_digest(h, f)
     return {"source": source_key(P.run.mirror), "source_digest": h.hexdigest()[:16],
             "format_version": DATA_FORMAT_VERSION}
 
 
+def built_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file below ``folder`` (by relative POSIX path), as the build report keeps them."""
+    import hashlib
+
+    return {f.relative_to(folder).as_posix(): {"bytes": f.stat().st_size,
+                                               "sha256": update_digest(hashlib.sha256(), f).hexdigest()}
+            for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "build_report.json")}
+
+
+def _damaged(folder: Path, recorded: dict[str, dict[str, Any]]) -> str:
+    """The first built file that no longer matches the build report's record ('' when all do)."""
+    import hashlib
+
+    for rel, want in recorded.items():
+        f = folder / rel
+        size = f.stat().st_size if f.is_file() else None
+        if size != want["bytes"]:
+            got = "missing" if size is None else f"{size} bytes"
+            return f"{f} is {got}, its build report says {want['bytes']} (cut short or changed after the build)"
+        if update_digest(hashlib.sha256(), f).hexdigest() != want["sha256"]:
+            return f"{f} differs from its build report's SHA-256 (changed after the build)"
+    return ""
+
+
 def _stale(P: "Params") -> str:
-    """Why the data in ``P.data_dir`` cannot be reused ('' when it can)."""
+    """Why the data in ``P.data_dir`` cannot be reused ('' when it can): other inputs, or a built file that no longer
+    matches the build report."""
     try:
         report = json.loads((P.data_dir / "build_report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "its build_report.json is missing or unreadable"
     now = data_key(P)
     changed = [f"{k} {report.get(k)!r} -> {v!r}" for k, v in now.items() if report.get(k) != v]
-    return "built from other inputs: " + "; ".join(changed) if changed else ""
+    if changed:
+        return "built from other inputs: " + "; ".join(changed)
+    if not isinstance(report.get("files"), dict):
+        return "its build report records no file digests (built by an older version), so it cannot be verified"
+    return _damaged(P.data_dir, report["files"])

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write
 from coinlib.core.promptsets import load_prompt_set, select
+from coinlib.core.sources import repo_relative
 from coinlib.core.tasks import get_task, load_task
 from coinlib.evaluate.metrics import summarize
 
@@ -69,14 +70,16 @@ class Unit:
     instruction: str = ""
     weights: str = "base"  # digest of the model's adapter weights
     task_digest: str = ""  # digest of the task's registry entry (coinlib.core.tasks.EvalTask.digest)
+    rows_digest: str = ""  # digest of the task's sampled rows (:func:`rows_digest`)
 
     def path(self, cache: Path) -> Path:
-        """Cache file, named by the adapter weights', the task definition's and the instruction text's digests, so a
-        retrained adapter, a changed task (sample, accepted answers) or an edited prompt set never reuses a result,
-        and adding a model to the list keeps the others' results."""
+        """Cache file, named by the adapter weights', the task definition's, the sampled rows' and the instruction
+        text's digests, so a retrained adapter, a changed task (sample, accepted answers), other data under the same
+        name (a re-copied mirror, a new hub revision) or an edited prompt set never reuses a result, and adding a
+        model to the list keeps the others' results."""
         digest = hashlib.sha256(self.instruction.encode()).hexdigest()[:10]
         model_dir = f"{self.model}-{self.weights}"
-        task_dir = f"{self.task}-{self.task_digest}" if self.task_digest else self.task
+        task_dir = "-".join(part for part in (self.task, self.task_digest, self.rows_digest) if part)
         return cache / model_dir / task_dir / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
 
 
@@ -109,12 +112,22 @@ def model_specs(P: "Params") -> list[ModelSpec]:
     return specs
 
 
-def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]]) -> list[Unit]:
-    """Every unit, in a fixed order (model, task, group, instruction)."""
+def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]],
+               data: dict[str, pd.DataFrame] | None = None) -> list[Unit]:
+    """Every unit, in a fixed order (model, task, group, instruction); ``data`` (task -> sampled rows) keys each
+    unit on the rows it is scored on."""
     tasks = next(iter(prompts.values())).keys()
     weights = {m.label: _weights_digest(m.adapter) or "base" for m in specs}
-    return [Unit(m.label, t, g, i, text, weights[m.label], get_task(t).digest) for m in specs for t in tasks
+    rows = {t: rows_digest(data[t]) if data else "" for t in tasks}
+    return [Unit(m.label, t, g, i, text, weights[m.label], get_task(t).digest, rows[t]) for m in specs for t in tasks
             for g in prompts for i, text in enumerate(prompts[g][t])]
+
+
+def rows_digest(frame: pd.DataFrame) -> str:
+    """Digest of a task sample's rows (ids, content, gold answers, in order): other data under the same task name
+    gives another digest."""
+    rows = frame[["instance_id", "content", "gold"]].astype(str).values.tolist()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:10]
 
 
 def shard(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
@@ -166,9 +179,7 @@ def run_evaluation(P: "Params", rank: int | None = None, world_size: int | None 
     """
     env_rank, env_world = dist_env()
     rank, world_size = (env_rank if rank is None else rank), (env_world if world_size is None else world_size)
-    e = P.evaluate
-    specs, units, cache = _plan(P)
-    data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
+    specs, units, cache, data = _plan(P)
     mine = [u for u in shard(units, rank, world_size) if read_unit(u.path(cache)) is None]
     if mine:
         _evaluate_units(P, mine, specs, data, cache, rank, scorer)
@@ -179,12 +190,14 @@ def run_evaluation(P: "Params", rank: int | None = None, world_size: int | None 
     return merge(P, units, cache)
 
 
-def _plan(P: "Params") -> tuple[list[ModelSpec], list[Unit], Path]:
-    """The models, every unit of work, and the cache folder of the evaluation ``P`` describes."""
+def _plan(P: "Params") -> tuple[list[ModelSpec], list[Unit], Path, dict[str, pd.DataFrame]]:
+    """The models, every unit of work, the cache folder and the sampled rows of each task of the evaluation ``P``
+    describes."""
     e = P.evaluate
     prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
     specs = model_specs(P)
-    return specs, plan_units(specs, prompts), eval_dir(P) / "cache" / settings_key(P)
+    data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
+    return specs, plan_units(specs, prompts, data), eval_dir(P) / "cache" / settings_key(P), data
 
 
 def _evaluate_units(P, units, specs, data, cache, rank, scorer) -> None:
@@ -224,7 +237,8 @@ def _load(P: "Params", spec: ModelSpec):
 
 def _write_unit(unit: Unit, spec: ModelSpec, instruction: str, frame: pd.DataFrame, scored, cache: Path) -> None:
     rows = pd.DataFrame({
-        "model": unit.model, "adapter": spec.adapter or "", "task": unit.task, "group": unit.group,
+        "model": unit.model, "adapter": repo_relative(spec.adapter) if spec.adapter else "",  # names no machine
+        "task": unit.task, "group": unit.group,
         "instruction_id": unit.instruction_id, "instruction": instruction,
         "instance_id": frame["instance_id"].to_numpy(), "gold": frame["gold"].to_numpy(),
         "prediction": [s.prediction for s in scored], "raw_output": [s.raw_output for s in scored],
@@ -279,7 +293,7 @@ def _wait_for_shards(units: list[Unit], cache: Path, rank: int, poll_s: float = 
 def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = None) -> EvalTables:
     """Concatenate every planned unit (each exactly once), write the predictions and summary tables atomically."""
     if units is None or cache is None:
-        _, units, cache = _plan(P)
+        _, units, cache, _ = _plan(P)
     frames = [read_unit(u.path(cache)) for u in units]
     missing = [u for u, f in zip(units, frames) if f is None]
     if missing:

@@ -33,11 +33,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import pandas as pd
 import yaml
@@ -46,7 +48,7 @@ from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, read_yaml, validate
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.sources import REPO_ROOT, repo_relative
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
 from coinlib.evaluate.runner import _weights_digest, run_evaluation
 from coinlib.train.trainer import train
@@ -56,6 +58,8 @@ FORMATS = ("train", "paper", "chat")
 #: Settings that do not change what a stage produces (excluded from the settings digest).
 NEUTRAL = {"train": {"logging_steps", "save_steps", "save_total_limit", "report_to"}, "evaluate": {"batch_size"}}
 GATE_FAILED = 3
+#: Seconds between two records of a running attempt's wall time (what an attempt killed outright can leave uncounted).
+CLOCK_BEAT_S = 10.0
 
 
 class StudyError(RuntimeError):
@@ -348,6 +352,53 @@ def gate_decision(summary: pd.DataFrame, gate: GateSpec, where: str = "pilot", f
 
 
 # ------------------------------------------------------------------------------------------------ driver
+class StageClock:
+    """Wall time of a stage summed over its attempts (a killed training or evaluation resumes where it stopped), kept
+    in ``path`` as ``{"digest": settings, "attempts_s": [...]}``. A running attempt is recorded every
+    :data:`CLOCK_BEAT_S` seconds, so one killed outright still counts up to its last record."""
+
+    def __init__(self, path: Path, digest: str):
+        self.path, self.digest = path, digest
+
+    def attempts(self) -> list[float]:
+        """The recorded attempts of these settings (none when the file is absent, unreadable or of other settings)."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        if "attempts_s" not in saved:  # written before attempts were summed: the one timed attempt
+            return [saved["wall_s"]] if "wall_s" in saved else []
+        return list(saved["attempts_s"]) if saved.get("digest") == self.digest else []
+
+    def total(self) -> float:
+        """Seconds of every recorded attempt together (NaN when none is recorded)."""
+        recorded = self.attempts()
+        return sum(recorded) if recorded else float("nan")
+
+    @contextmanager
+    def attempt(self, fresh: bool) -> Iterator[None]:
+        """Time one attempt; ``fresh`` when the stage starts from nothing (earlier attempts then no longer count)."""
+        before, start, stop = ([] if fresh else self.attempts()), time.perf_counter(), threading.Event()
+
+        def record() -> None:
+            atomic_write_text(self.path, json.dumps({"digest": self.digest,
+                                                     "attempts_s": [*before, time.perf_counter() - start]}))
+
+        def beat() -> None:
+            while not stop.wait(CLOCK_BEAT_S):
+                record()
+
+        record()
+        beating = threading.Thread(target=beat, name=f"clock {self.path.name}", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beating.join()
+            record()
+
+
 class Driver:
     """Runs plans stage by stage, skipping committed stages; one log line per finished stage."""
 
@@ -405,13 +456,12 @@ class Driver:
         from transformers import set_seed
 
         P = plan.train
-        timing = P.run_dir / "study_train.json"  # wall time of the training that made the local adapter
+        clock = StageClock(P.run_dir / "study_train.json", settings_digest(P, "train"))  # made the local adapter
         if not self._adapter_ready(P):
-            start = time.perf_counter()
-            set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed
-            train(P)
-            atomic_write_text(timing, json.dumps({"wall_s": time.perf_counter() - start}))
-        wall = json.loads(timing.read_text(encoding="utf-8"))["wall_s"] if timing.is_file() else float("nan")
+            with clock.attempt(fresh=not any((P.run_dir / "checkpoints").glob("checkpoint-*"))):
+                set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed
+                train(P)
+        wall = clock.total()
         folder = stage_dir(self.spec, plan.key, "train")
         files: dict[str, Path | str] = {"params.yaml": _params_yaml(P)}
         if (P.run_dir / "train_log.csv").is_file():
@@ -422,9 +472,10 @@ class Driver:
 
     def _evaluate(self, plan: RunPlan, fmt: str) -> None:
         Pe = plan.evals[fmt]
-        start = time.perf_counter()
-        run_evaluation(Pe, rank=0, world_size=1)
-        wall = time.perf_counter() - start
+        clock = StageClock(Pe.run_dir / "study_eval.json", settings_digest(Pe, "evaluate", plan.train))
+        with clock.attempt(fresh=not any((Pe.run_dir / "eval" / "cache").rglob("*.parquet"))):
+            run_evaluation(Pe, rank=0, world_size=1)
+        wall = clock.total()
         out = Pe.run_dir / "eval"
         folder = stage_dir(self.spec, plan.key, f"eval-{fmt}")
         adapter = str(plan.train.run_dir / "adapter") if plan.train is not None else None
@@ -571,9 +622,7 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     return {"runs": runs, "per_seed": per_seed, "across": across}
 
 
-def _rel(path: str | Path) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+_rel = repo_relative
 
 
 # ------------------------------------------------------------------------------------------------ command line

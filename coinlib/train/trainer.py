@@ -325,35 +325,69 @@ RESUME_FREE = {"logging_steps", "save_steps", "save_total_limit", "report_to"}
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
-def _complete(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` was written to the end: every file present and a readable trainer state."""
+def _defect(checkpoint: Path) -> tuple[str, str] | None:
+    """Why ``checkpoint`` cannot be resumed from: ``("incomplete", why)`` when its save was cut short (a file missing,
+    no readable trainer state), ``("damaged", why)`` when a file of it does not read back; None when it is intact."""
     import json
 
-    if not all((checkpoint / f).is_file() for f in CHECKPOINT_FILES):
-        return False
+    missing = [f for f in CHECKPOINT_FILES if not (checkpoint / f).is_file()]
+    if missing:
+        return "incomplete", f"{missing[0]} missing"
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(state, dict) and "global_step" in state
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return "incomplete", f"trainer_state.json unreadable ({type(exc).__name__})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "incomplete", "trainer_state.json has no global_step"
+    for f in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+        problem = _unreadable(f)
+        if problem:
+            return "damaged", f"{f.name}: {problem}"
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """What is wrong with a checkpoint file (safetensors, torch zip archive or JSON); None when it reads back whole."""
+    import json
+    import zipfile
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            load_file(str(path))
+        elif path.suffix in (".pt", ".pth", ".bin"):  # torch.save writes zip archives with CRCs
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad:
+                return f"member {bad} fails its CRC check"
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 (any damage: truncated, overwritten, foreign file)
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def last_complete_checkpoint(folder: Path, move_aside: bool = True) -> str | None:
-    """The newest complete ``checkpoint-N`` in ``folder`` (None if none); newer incomplete ones (a run killed
-    while saving) are renamed to ``incomplete-checkpoint-N`` (outside the Trainer's ``checkpoint-*`` rotation)."""
+    """The newest intact ``checkpoint-N`` in ``folder`` (None if none). Newer ones that are incomplete (a run killed
+    while saving) or damaged (a file cut short or overwritten later) are renamed to ``incomplete-checkpoint-N`` or
+    ``damaged-checkpoint-N`` (outside the Trainer's ``checkpoint-*`` rotation), with a warning naming the problem."""
     if not folder.is_dir():
         return None
     found = sorted((int(p.name[len("checkpoint-"):]), p) for p in folder.glob("checkpoint-*")
                    if p.is_dir() and p.name[len("checkpoint-"):].isdigit())
     for _, path in reversed(found):
-        if _complete(path):
+        defect = _defect(path)
+        if defect is None:
             return str(path)
         if move_aside:
-            aside = path.with_name("incomplete-" + path.name)
+            kind, why = defect
+            aside = path.with_name(f"{kind}-{path.name}")
             shutil.rmtree(aside, ignore_errors=True)
             path.rename(aside)
-            log.warning("checkpoint %s is incomplete (the run stopped while saving it); moved it to %s and "
-                        "resume from the newest complete checkpoint", path, aside.name)
+            cause = "the run stopped while saving it" if kind == "incomplete" else "a file was damaged after saving"
+            log.warning("checkpoint %s is %s (%s; %s); moved it to %s and resume from the newest intact checkpoint",
+                        path, kind, why, cause, aside.name)
     return None
 
 
@@ -365,10 +399,9 @@ def check_resumable(P: Params) -> None:
     if not saved_path.is_file():
         return
     saved = load_params(saved_path)
-    diffs = [f"model.{k}" for k, v in P.model.model_dump().items() if saved.model.model_dump()[k] != v]
-    diffs += [f"data.{k}" for k, v in P.data.model_dump().items() if saved.data.model_dump()[k] != v]
-    diffs += [f"train.{k}" for k, v in P.train.model_dump().items()
-              if k not in RESUME_FREE and saved.train.model_dump()[k] != v]
+    new, old = P.model_dump(by_alias=True), saved.model_dump(by_alias=True)  # YAML key names (train.lambda)
+    diffs = [f"{s}.{k}" for s in ("model", "data", "train") for k, v in new[s].items()
+             if old[s][k] != v and not (s == "train" and k in RESUME_FREE)]
     if saved.run.seed != P.run.seed:
         diffs.append("run.seed")
     if diffs:
