@@ -111,6 +111,22 @@ def test_units_of_an_older_cache_format_are_not_reused(tiny_dir, tmp_path, monke
     assert ev.settings_key(P) != current
 
 
+def test_precision_keys_the_cache_and_auto_shares_the_key_of_the_dtype_it_resolves_to(tiny_dir, tmp_path,
+                                                                                      monkeypatch):
+    from coinlib.core import models
+
+    def key(dtype):
+        values = _values(tiny_dir, tmp_path)
+        values["model"] = {**values.get("model", {}), "dtype": dtype}
+        return ev.settings_key(validate(values))
+
+    assert key("bfloat16") != key("float32")  # an fp32 result is never reused as a bf16 one
+    monkeypatch.setattr(models, "bf16_is_fast", lambda device=None: True)
+    assert key("auto") == key("bfloat16")
+    monkeypatch.setattr(models, "bf16_is_fast", lambda device=None: False)
+    assert key("auto") == key("float32")
+
+
 def test_edited_prompt_file_reevaluates_only_the_changed_instruction(tiny_dir, tmp_path, mirror):
     prompts = {"clean": {"sst2": ["Classify the sentiment: ", "Is this positive or negative? "]}}
     path = tmp_path / "prompts.json"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -188,6 +189,10 @@ def test_committed_outputs_are_done_across_sessions(tmp_path, monkeypatch):
         "params.yaml", "predictions.parquet", "stage.json", "summary.csv"]
     meta = json.loads((run / "eval-paper" / "stage.json").read_text())
     assert meta["wall_s"] >= 0 and meta["command"].endswith("--arms coin --seeds 1 --no-base --formats paper")
+    train_meta = json.loads((run / "train" / "stage.json").read_text())
+    for m in (meta, train_meta):  # the precision the stage computed in, and what the hardware offered
+        assert m["precision"]["dtype"] == "float32" and m["precision"]["torch"] == torch.__version__
+        assert m["precision"]["bf16_is_fast"] in (True, False) and m["precision"]["cpu_capability"]
     assert not list((tmp_path / "committed").rglob(".*"))  # no temporary folders left
     assert any("GATE PASSED" in line for line in lines)
     assert sum("finished in" in line for line in lines) == 4 + 10

@@ -93,12 +93,24 @@ class ModelParams(_Section):
 
     name: str = Field(description="model: alias (smollm2-135m-instruct), hub id, local folder or .gguf file")
     revision: Optional[str] = Field(None, description="hub revision (commit) of the model")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="weights and matmul precision; auto = bfloat16 where this machine computes it natively "
+        "(AMX-BF16/AVX512-BF16 CPU, bf16 GPU), else float32; resolved when the file is loaded, so run settings, "
+        "caches and resumption see the dtype actually used")
     load_in_4bit: bool = Field(False, description="4-bit NF4 base weights (QLoRA) via bitsandbytes")
     trust_remote_code: bool = Field(False, description="allow model code from the hub (off by default)")
     adapter: Optional[str] = Field(None, description="existing LoRA adapter to continue training from")
     lora: LoraParams = Field(default_factory=LoraParams)
     gradient_checkpointing: bool = False
+
+    @field_validator("dtype")
+    @classmethod
+    def _resolved_dtype(cls, v: str) -> str:
+        if v != "auto":
+            return v
+        from coinlib.core.models import resolve_dtype  # imports torch: only when asked to look at the hardware
+
+        return resolve_dtype(v)
 
 
 class DataParams(_Section):

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write_text
+from coinlib.core.models import precision_record
 from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, read_yaml, validate
 from coinlib.core.sources import REPO_ROOT, repo_relative
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
@@ -320,10 +321,11 @@ def _params_yaml(P: Params) -> str:
     return "base: null\n" + P.to_yaml()
 
 
-def _meta(digest: str, wall_s: float, adapter: Optional[str], command: str) -> dict[str, Any]:
+def _meta(digest: str, wall_s: float, adapter: Optional[str], command: str, P: Params) -> dict[str, Any]:
     return {"digest": digest, "wall_s": round(wall_s, 1), "finished_utc": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "adapter_digest": _weights_digest(adapter) if adapter else None,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "command": command}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "command": command,
+            "precision": precision_record(P.model.dtype)}
 
 
 # ------------------------------------------------------------------------------------------------ gate
@@ -467,7 +469,7 @@ class Driver:
         if (P.run_dir / "train_log.csv").is_file():
             files["train_log.csv"] = P.run_dir / "train_log.csv"
         commit_stage(folder, files, _meta(settings_digest(P, "train"), wall, str(P.run_dir / "adapter"),
-                                          self._command(plan)))
+                                          self._command(plan), P))
         self._done(plan.key, "train", wall, folder)
 
     def _evaluate(self, plan: RunPlan, fmt: str) -> None:
@@ -481,7 +483,7 @@ class Driver:
         adapter = str(plan.train.run_dir / "adapter") if plan.train is not None else None
         commit_stage(folder, {"params.yaml": _params_yaml(Pe), "summary.csv": out / "summary.csv",
                               "predictions.parquet": out / "predictions.parquet"},
-                     _meta(settings_digest(Pe, "evaluate", plan.train), wall, adapter, self._command(plan, fmt)))
+                     _meta(settings_digest(Pe, "evaluate", plan.train), wall, adapter, self._command(plan, fmt), Pe))
         self._done(plan.key, f"eval-{fmt}", wall, folder)
 
     def _command(self, plan: RunPlan, fmt: Optional[str] = None) -> str:
