@@ -49,9 +49,10 @@ def test_committed_stage_outputs_are_not_git_ignored():
 def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
     spec = study.load_spec(SPEC)
     plans = study.expand(spec)
-    assert [p.key for p in plans] == ["base", "cit-s0", "coin-s0", "coin-xpos-s0", "cit-s1", "coin-s1",
-                                      "coin-xpos-s1", "cit-s2", "coin-s2", "coin-xpos-s2"]
+    arms = ["cit", "coin", "coin-xpos", "coin-l10", "coin-l100"]
+    assert [p.key for p in plans] == ["base", *[f"{arm}-s{seed}" for seed in (0, 1, 2) for arm in arms]]
     by = {p.key: p for p in plans}
+    assert [by[f"{arm}-s0"].train.train.lambda_ for arm in arms] == [1000, 1000, 1000, 10, 100]
     cit, coin, xpos = by["cit-s1"].train, by["coin-s1"].train, by["coin-xpos-s1"].train
     assert (cit.run.name, cit.run.seed) == ("study-sentiment-cit-s1", 1)
     assert (cit.train.contrastive, coin.train.contrastive, xpos.train.contrastive) == (False, True, True)
@@ -292,6 +293,22 @@ def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):
         expected[seed] = torch.rand(1).item()
     assert draws == {"st-cit-s0": expected[0], "st-coin-s0": expected[0], "st-cit-s1": expected[1],
                      "st-coin-s1": expected[1]}
+
+
+def test_plan_estimates_the_time_left_from_committed_stage_times(tmp_path, monkeypatch, capsys):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
+    assert study.main([spec.source, "--only", "pilot"]) == 0
+    for stage, wall in (("train", 600.0), ("eval-train", 120.0), ("eval-paper", 60.0)):
+        meta = study.stage_dir(spec, "cit-s0", stage) / "stage.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "wall_s": wall}))
+    assert study.stage_times(spec) == {"train": 600.0, "eval-train": 120.0, "eval-paper": 60.0}
+    capsys.readouterr()
+    assert study.main([spec.source, "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("to do: eval-train, eval-paper (about 3 min)")  # the base model: evaluations only
+    assert lines[2].endswith("to do: train, eval-train, eval-paper (about 13 min)")
+    assert lines[-1].startswith("time left: about 0.3 h")
 
 
 def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):

@@ -566,6 +566,16 @@ def committed_runs(spec: StudySpec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stage_times(spec: StudySpec) -> dict[str, float]:
+    """Median wall seconds of the committed stages of each kind (``train``, ``eval-<format>``): the --plan estimate."""
+    times: dict[str, list[float]] = {}
+    for meta in sorted((spec.committed_dir / "runs").glob("*/*/stage.json")):
+        wall = _read_meta(meta.parent).get("wall_s")
+        if isinstance(wall, (int, float)) and wall > 0:
+            times.setdefault(meta.parent.name, []).append(float(wall))
+    return {kind: float(pd.Series(v).median()) for kind, v in times.items()}
+
+
 def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / "stage.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -661,9 +671,16 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.plan:
             warn_if_git_ignored(spec, print)
             driver = Driver(spec, args.replace_stale)
+            typical, left = stage_times(spec), 0.0
             for plan in expand(spec, arms, args.seeds, args.formats, base):
                 todo = driver.pending(plan)
-                print(f"{plan.key:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}")
+                need = sum(typical.get(stage, 0.0) for stage in todo)
+                left += need
+                print(f"{plan.key:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}"
+                      + (f" (about {need / 60:.0f} min)" if need else ""))
+            if left:
+                print(f"time left: about {left / 3600:.1f} h (the median wall time of each committed stage kind, "
+                      "on the machines that made them)")
             return 0
         status = 0
         if not args.report:
