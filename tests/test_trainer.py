@@ -350,3 +350,20 @@ def test_bf16_autocast_with_gradient_checkpointing(tmp_path, smol_tokenizer):
     log = pd.read_csv(P.run_dir / "train_log.csv")
     assert log[["loss", "loss_ent", "loss_ctr"]].map(math.isfinite).all().all()
     assert any(v.abs().sum() > 0 for k, v in adapter_weights(out).items() if "lora_B" in k)
+
+
+def test_bfloat16_weights_train_a_float32_adapter_with_bf16_matmuls(tmp_path, smol_tokenizer):
+    """model.dtype bfloat16: frozen base weights in bf16, LoRA weights in float32, matmuls autocast to bf16."""
+    P = make_params(tmp_path, model={"name": "smollm2-135m-instruct", "dtype": "bfloat16"}, max_steps=1)
+    assert train_mod.mixed_precision(P) == "bf16"  # train.mixed_precision auto follows model.dtype
+    model = fresh_model(smol_tokenizer).to(torch.bfloat16)
+    seen: list[torch.dtype] = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    out = train_mod.train_on(P, make_entries(4), model, smol_tokenizer)
+    assert seen and set(seen) == {torch.bfloat16}
+    saved = adapter_weights(out)
+    assert saved and all(v.dtype == torch.float32 for v in saved.values())
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # the adapter learned something
+    assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if "lora_" not in n)
+    log = pd.read_csv(P.run_dir / "train_log.csv")
+    assert log[["loss", "loss_ent", "loss_ctr"]].map(math.isfinite).all().all()
