@@ -144,7 +144,7 @@ class Fakes:
         self.evaluated: list[str] = []
         self.cal_acc = cal_acc or {}
 
-    def train(self, P):
+    def train(self, P, callbacks=None):
         self.trained.append(P.run.name)
         adapter = P.run_dir / "adapter"
         adapter.mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):
 
     fakes, draws = Fakes(), {}
 
-    def train(P):
+    def train(P, callbacks=None):
         draws[P.run.name] = torch.rand(1).item()  # what the LoRA initialisation would draw
         torch.manual_seed(1234)  # whatever a run leaves behind must not leak into the next one
         return fakes.train(P)
@@ -437,3 +437,36 @@ def test_dry_run_on_the_tiny_model_commits_the_layout_and_the_report(tmp_path, t
                  "seed_differences_train.png", "seed_differences_paper.pdf"):
         assert (root / name).is_file(), name
     assert "COIN − CIT, paper format: average over groups" in (root / "study.md").read_text()
+
+
+def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_tokenizer):
+    """commit_progress: the newest checkpoint is committed at every save; a clone without runs/ resumes from it and
+    ends with the adapter of an uninterrupted run."""
+    from entries_helper import make_entries
+    from test_trainer import _Kill, adapter_weights, fresh_model, make_params
+
+    from coinlib.train import trainer as train_mod
+
+    data = make_entries(12)
+    full = make_params(tmp_path, "full", max_steps=4)
+    train_mod.train_on(full, data, fresh_model(smol_tokenizer), smol_tokenizer)
+    part = make_params(tmp_path, "part", max_steps=4)
+    folder, clock = tmp_path / "committed" / "runs" / "part" / study.PROGRESS, part.run_dir / "study_train.json"
+    clock.parent.mkdir(parents=True)
+    clock.write_text(json.dumps({"digest": "d", "attempts_s": [5.0]}))
+    keeper = study.ProgressKeeper(folder, "d", clock)
+    with pytest.raises(_Kill.Killed):
+        train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper, _Kill(3)])
+    assert json.loads((folder / "stage.json").read_text())["step"] == 2
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "optimizer.pt").is_file()
+    shutil.rmtree(part.run_dir)  # a fresh clone: no checkpoint, no attempt times
+    assert study.restore_progress(folder, "other settings", part.run_dir / "checkpoints", clock) is None
+    restored = study.restore_progress(folder, "d", part.run_dir / "checkpoints", clock)
+    assert restored == part.run_dir / "checkpoints" / "checkpoint-2"
+    assert json.loads(clock.read_text())["attempts_s"] == [5.0]  # the earlier session's time is kept
+    assert study.restore_progress(folder, "d", part.run_dir / "checkpoints", clock) is None  # local is as new
+    train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper])
+    a, b = adapter_weights(full.run_dir / "adapter"), adapter_weights(part.run_dir / "adapter")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert json.loads((folder / "stage.json").read_text())["step"] == 4
+    assert not list(folder.parent.glob(".*"))  # no temporary folders left

@@ -45,6 +45,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
+from transformers import TrainerCallback
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.core.models import precision_record
@@ -104,6 +105,10 @@ class StudySpec(_Spec):
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
     gate: GateSpec = Field(default_factory=GateSpec)
     committed_root: str = Field("figures", description="committed outputs go to <committed_root>/<name>/")
+    commit_progress: bool = Field(
+        False, description="copy each training run's newest checkpoint into the committed folder at every save "
+        "(runs/<key>/train-progress/), so a run longer than a session resumes in the next from the repository "
+        "alone; costs the size of a checkpoint (adapter + optimizer state) per run")
     n_boot: int = Field(2000, ge=1, description="bootstrap resamples of the paired comparison within a seed")
     alpha: float = Field(0.05, gt=0, lt=1)
     power: float = Field(0.8, gt=0, lt=1)
@@ -294,6 +299,59 @@ def commit_stage(folder: Path, files: dict[str, Path | str], meta: dict[str, Any
     return folder
 
 
+#: Stage folder name of a run's committed training progress (:attr:`StudySpec.commit_progress`).
+PROGRESS = "train-progress"
+
+
+def save_progress(checkpoint: Path, folder: Path, digest: str, clock: Optional[Path] = None) -> Path:
+    """Commit ``checkpoint`` (a Trainer checkpoint folder) and the stage's attempt times (``clock``) to ``folder``,
+    replacing the previous progress atomically."""
+    files: dict[str, Path | str] = {p.name: p for p in sorted(checkpoint.iterdir()) if p.is_file()}
+    if clock is not None and clock.is_file():
+        files["study_clock.json"] = clock
+    step = int(checkpoint.name.removeprefix("checkpoint-"))
+    return commit_stage(folder, files, {"digest": digest, "step": step, "checkpoint": checkpoint.name})
+
+
+def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path) -> Optional[Path]:
+    """Copy committed progress (:func:`save_progress`) back to ``checkpoints/checkpoint-N`` when it was made with
+    these settings and is newer than every intact local checkpoint; the attempt times too when none are local.
+    Returns the restored checkpoint, or None."""
+    from coinlib.train.trainer import last_complete_checkpoint
+
+    meta = _read_meta(folder)
+    if meta.get("digest") != digest or not isinstance(meta.get("step"), int):
+        return None
+    local = last_complete_checkpoint(checkpoints)
+    if local is not None and int(Path(local).name.removeprefix("checkpoint-")) >= meta["step"]:
+        return None
+    target = checkpoints / f"checkpoint-{meta['step']}"
+    tmp = checkpoints / f".restore-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.is_file() and f.name not in ("stage.json", "study_clock.json"):
+            shutil.copyfile(f, tmp / f.name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    if (folder / "study_clock.json").is_file() and not clock.is_file():
+        clock.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "study_clock.json", clock)
+    return target
+
+
+class ProgressKeeper(TrainerCallback):
+    """Commits the newest checkpoint after every save (:func:`save_progress`)."""
+
+    def __init__(self, folder: Path, digest: str, clock: Path):
+        self.folder, self.digest, self.clock = folder, digest, clock
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            save_progress(checkpoint, self.folder, self.digest, self.clock)
+
+
 def git_ignore_rule(path: Path) -> Optional[str]:
     """The rule (``file:line:pattern``) by which git ignores ``path`` (which need not exist); None when git would track
     it, or when ``path`` is not in a git work tree or git is missing."""
@@ -458,11 +516,20 @@ class Driver:
         from transformers import set_seed
 
         P = plan.train
-        clock = StageClock(P.run_dir / "study_train.json", settings_digest(P, "train"))  # made the local adapter
+        digest = settings_digest(P, "train")
+        clock_file = P.run_dir / "study_train.json"
+        callbacks = []
+        if self.spec.commit_progress:
+            progress = stage_dir(self.spec, plan.key, PROGRESS)
+            restored = restore_progress(progress, digest, P.run_dir / "checkpoints", clock_file)
+            if restored is not None:
+                self.log(f"[study] {plan.key}: resuming from the committed {_rel(progress)} ({restored.name})")
+            callbacks.append(ProgressKeeper(progress, digest, clock_file))
+        clock = StageClock(clock_file, digest)  # made the local adapter
         if not self._adapter_ready(P):
             with clock.attempt(fresh=not any((P.run_dir / "checkpoints").glob("checkpoint-*"))):
                 set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed
-                train(P)
+                train(P, callbacks=callbacks)
         wall = clock.total()
         folder = stage_dir(self.spec, plan.key, "train")
         files: dict[str, Path | str] = {"params.yaml": _params_yaml(P)}

@@ -422,11 +422,11 @@ def _finished(P: Params, checkpoint: Path) -> bool:
     return state.get("global_step", 0) >= target > 0
 
 
-def train(P: Params) -> Path:
+def train(P: Params, callbacks: list[TrainerCallback] | None = None) -> Path:
     """Train the run ``P`` on the contrastive dataset of ``coinlib.data.pairs``; returns the adapter folder."""
     from coinlib.data.pairs import load_or_build
 
-    return train_on(P, load_or_build(P))
+    return train_on(P, load_or_build(P), callbacks=callbacks)
 
 
 def save_adapter(model, folder: Path, P: Params) -> Path:
