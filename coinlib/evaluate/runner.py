@@ -297,13 +297,14 @@ def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = Non
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    from coinlib.core.params import load_params_or_exit
+    from coinlib.core.params import add_set_argument, load_params_or_exit
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")
     ap.add_argument("--merge", action="store_true", help="only merge cached units into the tables")
+    add_set_argument(ap)
     args = ap.parse_args(list(argv) if argv is not None else None)
-    P = load_params_or_exit(args.params_file)
+    P = load_params_or_exit(args.params_file, args.sets)
     tables = merge(P) if args.merge else run_evaluation(P)
     if tables is not None:
         print(tables.summary.to_string(index=False))
