@@ -170,7 +170,7 @@ def test_pins_agree_with_constraints():
     pinned = constraints()
     setup = pip_installs(make_commands("setup"), VENV_PYTHON)
     for name, version in _pins(r for i in setup for r in i.requirements).items():
-        assert pinned.get(name) == version, f"the Makefile installs {name}=={version}, constraints.txt {pinned.get(name)}"
+        assert pinned.get(name) == version, f"make installs {name}=={version}, constraints.txt {pinned.get(name)}"
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
     for name, version in _pins(declared).items():

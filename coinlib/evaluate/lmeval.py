@@ -306,7 +306,8 @@ def _unit_rows(samples: Path, meta: dict, model: str, adapter: str, count_tokens
 
 
 def summarize_logs(log_dir: str | Path, out_dir: str | Path, mode: str | None = None, label: str | None = None,
-                   n_boot: int = 1000, seed: int = 0, tokenizer: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   n_boot: int = 1000, seed: int = 0,
+                   tokenizer: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``predictions.parquet`` (+ ``.csv``) and ``summary.csv`` as ``python -m coinlib.evaluate`` does."""
     predictions = read_logs(log_dir, mode, label, tokenizer)
     summary = summarize_predictions(predictions, n_boot=n_boot, seed=seed)
@@ -357,7 +358,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             _, summary = summarize_logs(args.log_dir, args.out, args.mode, args.label, args.n_boot,
                                         tokenizer=args.tokenizer)
             print(summary.to_string(index=False))
-            print(f"Figure 3: python -m coinlib.results.plots figure3 {Path(args.out) / 'summary.csv'} --out {args.out}")
+            out = Path(args.out)
+            print(f"Figures: python -m coinlib.results.plots figure3 {out / 'summary.csv'} --out {out}\n"
+                  f"         python -m coinlib.results.plots instructions {out / 'predictions.parquet'} --out {out}")
     except (LmEvalError, PromptSetError, KeyError, ModelUnavailable) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2

@@ -324,7 +324,8 @@ def log_to_tensorboard(P: "Params", summary: pd.DataFrame) -> Path | None:
 def main(argv: Iterable[str] | None = None) -> int:
     from coinlib.core.params import add_set_argument, load_params_or_exit
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m coinlib.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")
     ap.add_argument("--merge", action="store_true", help="only merge cached units into the tables")
     add_set_argument(ap)

@@ -168,6 +168,12 @@ def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
 # ---------------------------------------------------------------------------------------------- Figure 3
 # Accuracy and std over instructions per perturbation group, models side by side.
 
+def _in_group_order(data: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by group in the order of :data:`GROUP_LABELS` (other groups last), otherwise as they were."""
+    order = {g: i for i, g in enumerate(GROUP_LABELS)}
+    return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
+
+
 def figure3_data(summary: pd.DataFrame) -> pd.DataFrame:
     """Per model x group: mean accuracy over tasks and the pooled std over instructions (the tables' "Average",
     :func:`coinlib.results.tables.average_over_tasks`), with ``n_tasks`` and the 95% interval of the accuracy.
@@ -186,8 +192,7 @@ def figure3_data(summary: pd.DataFrame) -> pd.DataFrame:
         data["ci_low"], data["ci_high"] = data["mean_acc"] - data.pop("low"), data["mean_acc"] + data.pop("high")
     else:
         data["ci_low"] = data["ci_high"] = np.nan
-    order = {g: i for i, g in enumerate(GROUP_LABELS)}
-    return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
+    return _in_group_order(data)
 
 
 def plot_figure3(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt.Figure:
@@ -213,7 +218,8 @@ def plot_figure3(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt
             x = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
             err = None
             if col == "mean_acc" and has_ci:
-                err = 100 * np.abs(np.stack([table(c)[model] for c in ("ci_low", "ci_high")]) - values[model].to_numpy())
+                bounds = np.stack([table(c)[model] for c in ("ci_low", "ci_high")])
+                err = 100 * np.abs(bounds - values[model].to_numpy())
             ax.bar(x, 100 * values[model].to_numpy(), width, color=colors[model], label=labels[model], yerr=err,
                    capsize=2.5, error_kw={"elinewidth": 1, "ecolor": "#333333"})
         ax.set_xticks(np.arange(len(groups)), [GROUP_LABELS.get(g, g).replace(" (", "\n(") for g in groups],
@@ -245,9 +251,7 @@ def figure3_label_free_data(summary: pd.DataFrame) -> pd.DataFrame:
                          "(python -m coinlib.evaluate params/X.yaml --merge rebuilds summary.csv from the cache).")
     data = summary.groupby(["model", "group"], sort=False).agg(
         **{c: (c, "mean") for c in cols}, n_tasks=("task", "nunique")).reset_index()
-    order = {g: i for i, g in enumerate(GROUP_LABELS)}
-    data = data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
-    return data.reset_index(drop=True)
+    return _in_group_order(data)
 
 
 def _models_by_role(models: list[str], roles: dict[str, str] | None) -> tuple[list[str], dict, dict]:
@@ -295,8 +299,7 @@ def instruction_data(predictions: pd.DataFrame) -> pd.DataFrame:
     if "instruction" in predictions.columns:
         text = predictions.drop_duplicates(["model", "task", "group", "instruction_id"])
         data = data.merge(text[["model", "task", "group", "instruction_id", "instruction"]], how="left")
-    order = {g: i for i, g in enumerate(GROUP_LABELS)}
-    return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
+    return _in_group_order(data)
 
 
 def plot_instruction_accuracy(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt.Figure:
@@ -432,40 +435,40 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def save_figure3(summary_csv: str | Path, out_dir: str | Path, roles: dict[str, str] | None = None) -> list[Path]:
-    """Figure 3 (``fig3_robustness`` .png/.pdf/.csv) from any evaluator's ``summary.csv``; a clear error if unusable."""
-    summary_csv = Path(summary_csv)
-    if not summary_csv.is_file():
-        raise FileNotFoundError(f"{summary_csv} not found. Fix: give the summary.csv of `python -m coinlib.evaluate` "
+def _evaluation_table(path: str | Path, file: str, kind: str, required: set[str]) -> pd.DataFrame:
+    """An evaluator's output table (``.parquet`` or CSV); errors name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found. Fix: give the {file} of `python -m coinlib.evaluate` "
                                 "or `python -m coinlib.evaluate.lmeval summarize`.")
-    summary = pd.read_csv(summary_csv)
-    missing = {"model", "task", "group", "mean_acc", "std_acc"} - set(summary.columns)
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = required - set(frame.columns)
     if missing:
-        raise ValueError(f"{summary_csv} lacks column(s) {sorted(missing)}; it is not an evaluation summary.")
-    data = figure3_data(summary)
-    fig = plot_figure3(data, roles)
-    paths = save_figure(fig, data, out_dir, "fig3_robustness")
+        raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it is not {kind}.")
+    return frame
+
+
+def _save_plot(data: pd.DataFrame, plot, roles: dict[str, str] | None, out_dir: str | Path, name: str) -> list[Path]:
+    fig = plot(data, roles)
+    paths = save_figure(fig, data, out_dir, name)
     plt.close(fig)
     return paths
+
+
+def save_figure3(summary_csv: str | Path, out_dir: str | Path, roles: dict[str, str] | None = None) -> list[Path]:
+    """Figure 3 (``fig3_robustness`` .png/.pdf/.csv) from any evaluator's ``summary.csv``; a clear error if unusable."""
+    summary = _evaluation_table(summary_csv, "summary.csv", "an evaluation summary",
+                                {"model", "task", "group", "mean_acc", "std_acc"})
+    return _save_plot(figure3_data(summary), plot_figure3, roles, out_dir, "fig3_robustness")
 
 
 def save_instruction_figure(predictions: str | Path, out_dir: str | Path,
                             roles: dict[str, str] | None = None) -> list[Path]:
     """The per-instruction accuracy figure (``fig3_instructions`` .png/.pdf/.csv) from any evaluator's predictions
     table (``predictions.parquet`` or ``.csv``); a clear error if unusable."""
-    predictions = Path(predictions)
-    if not predictions.is_file():
-        raise FileNotFoundError(f"{predictions} not found. Fix: give the predictions.parquet (or .csv) of `python -m "
-                                "coinlib.evaluate` or `python -m coinlib.evaluate.lmeval summarize`.")
-    frame = pd.read_parquet(predictions) if predictions.suffix == ".parquet" else pd.read_csv(predictions)
-    missing = {"model", "task", "group", "instruction_id", "correct"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{predictions} lacks column(s) {sorted(missing)}; it is not a predictions table.")
-    data = instruction_data(frame)
-    fig = plot_instruction_accuracy(data, roles)
-    paths = save_figure(fig, data, out_dir, "fig3_instructions")
-    plt.close(fig)
-    return paths
+    frame = _evaluation_table(predictions, "predictions.parquet (or .csv)", "a predictions table",
+                              {"model", "task", "group", "instruction_id", "correct"})
+    return _save_plot(instruction_data(frame), plot_instruction_accuracy, roles, out_dir, "fig3_instructions")
 
 
 def main(argv: list[str] | None = None) -> int:

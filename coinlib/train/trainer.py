@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from coinlib.core.params import add_set_argument, load_params_or_exit
 
-    ap = argparse.ArgumentParser(description="Train COIN (or CIT) as a parameter file says.")
+    ap = argparse.ArgumentParser(prog="python -m coinlib.train",
+                                 description="Train COIN (or CIT) as a parameter file says.")
     ap.add_argument("params_file")
     add_set_argument(ap)
     args = ap.parse_args(argv)
