@@ -2,6 +2,7 @@
 
     python -m coinlib.pipeline params/smoke.yaml              # all six notebooks
     python -m coinlib.pipeline params/cit.yaml --only 01 02   # a subset
+    python -m coinlib.pipeline params/smoke.yaml --set train.lambda=10 --set run.name=smoke-l10  # overrides
     python -m coinlib.pipeline --commit-outputs               # re-execute the committed notebooks in place
 
 The file is validated before any notebook starts. Executed notebooks are written to
@@ -23,10 +24,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from coinlib.core.fileio import atomic_write_text
-from coinlib.core.params import ParamsError, load_params
+from coinlib.core.params import ParamsError, add_set_argument, load_params
 from coinlib.core.sources import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -169,9 +170,10 @@ def _execute_or_explain(nb: Path, out: Path, parameters: dict | None, kernel_nam
                              f"{shown(out)}):\n{rule}\n{err.source}\n{rule}\n{trace}") from err
 
 
-def run(params_file: str | Path, only: list[str] | None = None, kernel_name: str | None = KERNEL_NAME) -> dict[str, float]:
-    """Validate ``params_file`` then execute the notebooks; returns seconds per notebook."""
-    params = load_params(params_file)  # raises ParamsError naming file and key
+def run(params_file: str | Path, only: list[str] | None = None, kernel_name: str | None = KERNEL_NAME,
+        sets: Sequence[str] = ()) -> dict[str, float]:
+    """Validate ``params_file`` (with ``--set`` overrides) then execute the notebooks; returns seconds per notebook."""
+    params = load_params(params_file, sets)  # raises ParamsError naming file and key
     out_dir = params.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     # Notebooks get the fully merged values, so they see exactly what was validated here.
@@ -292,16 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (default: %(default)s)")
     ap.add_argument("--commit-outputs", action="store_true",
                     help="re-execute notebooks/*.ipynb in place with their default parameters (no params file)")
+    add_set_argument(ap)
     args = ap.parse_args(argv)
     if args.commit_outputs == bool(args.params_file):
         ap.error("give a parameter file, or --commit-outputs without one")
+    if args.commit_outputs and args.sets:
+        ap.error("--commit-outputs runs the notebooks' defaults; --set needs a parameter file")
     try:
         if args.commit_outputs:
             problems = commit_outputs(args.only, args.kernel)
             for p in problems:
                 print(f"[coin] {p}", file=sys.stderr)
             return 1 if problems else 0
-        run(args.params_file, args.only, args.kernel)
+        run(args.params_file, args.only, args.kernel, args.sets)
     except ParamsError as exc:
         print(f"[coin] invalid parameters:\n{exc}", file=sys.stderr)
         return 2

@@ -2,15 +2,18 @@
 
 Starts JupyterLab on 127.0.0.1 (free port, one-off token), opens each numbered notebook, checks it renders
 with the "COIN (.venv)" kernel, clears the outputs, runs the parameters and validation cells with
-Shift+Enter and checks they print the validated run with no error output. One screenshot per notebook goes
-to runs/jupyterlab/. Needs Debian's chromium and chromium-driver (`.ci/run` installs them); skipped
-without them.
+Shift+Enter and checks they print the validated run with no error output. The shortest notebook
+(RUN_TO_END, 01: it needs no trained run) then runs to its last cell with "Run All Cells", and what that cell shows
+must be its committed output (nbval checks the same cell headless), with no traceback in any cell. One
+screenshot per notebook goes to runs/jupyterlab/. Needs Debian's chromium and chromium-driver (`.ci/run` installs
+them); skipped without them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.skipif(
 KERNEL_DISPLAY_NAME = "COIN (.venv)"
 SHOTS = REPO_ROOT / "runs" / "jupyterlab"
 WAIT_S = 90  # per step; JupyterLab's first load on a busy 2-core machine takes a while
+RUN_TO_END, RUN_ALL_WAIT_S = "01_build_data.ipynb", 600  # builds the smoke data (seconds when already built)
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 STDERR = "[data-mime-type='application/vnd.jupyter.stderr']"  # stderr streams and tracebacks
 
@@ -64,6 +68,9 @@ def lab(tmp_path_factory):
     news = tmp / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')  # no "get notified about Jupyter news?" toast (and no fetch)
+    tracker = tmp / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')  # every cell in the page, so the last one can be read
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
@@ -118,6 +125,51 @@ def _text(root, css: str) -> str:
     return found[0].text.strip() if found else ""
 
 
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip("\n").splitlines()]
+
+
+def _command(browser, wait, label: str) -> None:
+    """Run a JupyterLab command by its label from the command palette (Ctrl+Shift+C), as a user would."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(browser).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("c").key_up(Keys.SHIFT) \
+        .key_up(Keys.CONTROL).perform()
+    palette = wait.until(lambda d: d.find_element("css selector", ".lm-CommandPalette-input"))
+    palette.send_keys(label, Keys.ENTER)
+
+
+def _run_to_last_cell(browser, nb: str) -> None:
+    """Run All Cells; the last code cell must finish and show its committed output, no cell a traceback."""
+    import nbformat
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S)
+    last = browser.find_elements("css selector", f"{PANEL} .jp-CodeCell")[-1]
+    _command(browser, wait, "Run All Cells")
+    wait.until(lambda d: _text(last, ".jp-InputPrompt") != "[ ]:", message=f"{nb}: Run All Cells queued nothing")
+    busy = f"{PANEL} .jp-Notebook-ExecutionIndicator:not([data-status='idle'])"
+    try:  # every cell ran (the last prompt is numbered), or the kernel stopped at an error (idle, last cell not run)
+        WebDriverWait(browser, RUN_ALL_WAIT_S, poll_frequency=1).until(
+            lambda d: re.fullmatch(r"\[\d+\]:", _text(last, ".jp-InputPrompt"))
+            or (not d.find_elements("css selector", busy) and _text(last, ".jp-InputPrompt") != "[*]:"))
+    except TimeoutException:
+        pass
+    outputs = [e.text for e in browser.find_elements("css selector", f"{PANEL} .jp-OutputArea-output")]
+    tracebacks = [t for t in outputs if "Traceback (most recent call last)" in t or re.search(r"^\w+Error: ", t, re.M)]
+    assert not tracebacks, f"{nb}: a cell failed in JupyterLab:\n" + "\n".join(tracebacks)
+    prompt = _text(last, ".jp-InputPrompt")
+    assert re.fullmatch(r"\[\d+\]:", prompt), f"{nb}: the last cell did not run (prompt {prompt!r})"
+    browser.execute_script("arguments[0].scrollIntoView()", last)
+    shown = "\n".join(e.text for e in last.find_elements("css selector", ".jp-OutputArea-output"))
+    committed = [c for c in nbformat.read(pipeline.NOTEBOOKS_DIR / nb, as_version=4).cells if c.cell_type == "code"][-1]
+    expected = "".join(o.get("text", "") for o in committed.outputs if o.get("output_type") == "stream")
+    assert expected.strip() and _lines(shown) == _lines(expected), (
+        f"{nb}: the last cell shows\n{shown}\ninstead of its committed output\n{expected}")
+
+
 @pytest.mark.parametrize("nb", [nb.name for nb in pipeline.notebooks()])
 def test_notebook_runs_in_jupyterlab(nb, lab, browser):
     from selenium.common.exceptions import TimeoutException
@@ -149,10 +201,7 @@ def test_notebook_runs_in_jupyterlab(nb, lab, browser):
             "and idle; is the 'coin' kernel spec installed? (`make setup` registers it: ipykernel install)")
 
         # Clear the committed outputs (command palette, as a user would), then run the first two code cells.
-        ActionChains(browser).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("c").key_up(Keys.SHIFT) \
-            .key_up(Keys.CONTROL).perform()
-        palette = wait.until(lambda d: d.find_element("css selector", ".lm-CommandPalette-input"))
-        palette.send_keys("Clear Outputs of All Cells", Keys.ENTER)
+        _command(browser, wait, "Clear Outputs of All Cells")
         wait.until(lambda d: not d.find_elements("css selector", f"{PANEL} .jp-OutputArea-output"),
                    message=f"{nb}: outputs not cleared")
         code = browser.find_elements("css selector", f"{PANEL} .jp-CodeCell")
@@ -168,6 +217,8 @@ def test_notebook_runs_in_jupyterlab(nb, lab, browser):
         assert _text(params_cell, ".jp-InputPrompt") == "[1]:"
         out = [e.text.strip() for e in check_cell.find_elements("css selector", ".jp-OutputArea-output")]
         assert out == ["run 'smoke', model 'smollm2-135m-instruct'"], f"{nb}: validation cell printed {out!r}"
+        if nb == RUN_TO_END:
+            _run_to_last_cell(browser, nb)
     finally:
         browser.save_screenshot(str(shot))
         for session in _api(base, token, "/api/sessions") or []:  # stop this notebook's kernel

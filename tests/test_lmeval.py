@@ -8,12 +8,19 @@ Differences between the two pipelines that exist and are tested here rather than
 - BOS: both use the tokenizer's default (SmolLM2 adds none).
 - ``generate``: lm-eval always decodes 7 new tokens; our early stop may end sooner, so raw outputs differ in length
   while the parsed label is the same (tested both ways).
+- lm-eval logs no token counts: ``summarize`` counts the label tokens POSIX needs with the logged model's tokenizer.
+
+lm-eval runs as the ``lm_eval`` command a user types (a subprocess), on the exported tasks.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,20 +36,18 @@ from coinlib.evaluate.scoring import label_continuation, parse_label, score_inst
 TASKS, GROUPS, N_INSTRUCTIONS, N_PER_TASK, LIMIT = ["sst2", "rte", "mnli"], ["clean", "checklist"], 2, 20, 4
 
 
-def run_lm_eval(model_dir, suite, log_dir, tasks, limit=LIMIT, batch_size=4) -> None:
-    """What ``lm_eval --model hf --include_path suite --tasks ... --log_samples --output_path log_dir`` does."""
-    from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
+LM_EVAL = Path(sys.executable).parent / "lm_eval"  # the console script the lmeval extra installs beside python
 
-    tracker = EvaluationTracker(output_path=str(log_dir))
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=tasks, limit=limit, device="cpu",
-        batch_size=batch_size, log_samples=True, evaluation_tracker=tracker,
-        task_manager=TaskManager(include_path=str(suite)))
-    samples = results.pop("samples")
-    tracker.save_results_aggregated(results=results, samples=samples)
-    for name in results["configs"]:
-        tracker.save_results_samples(task_name=name, samples=samples[name])
+
+def run_lm_eval(model_dir, suite, log_dir, tasks, limit=LIMIT, batch_size=4) -> str:
+    """``lm_eval --model hf --model_args ... --include_path suite --tasks ... --log_samples --output_path log_dir``,
+    the command as a user types it; returns what it prints (the results tables)."""
+    command = [str(LM_EVAL), "--model", "hf", "--model_args", lmeval.hf_model_args(str(model_dir)),
+               "--include_path", str(suite), "--tasks", ",".join(tasks), "--limit", str(limit), "--device", "cpu",
+               "--batch_size", str(batch_size), "--log_samples", "--output_path", str(log_dir)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-4000:]}"
+    return done.stdout
 
 
 def our_predictions(model, tokenizer, mirror, mode, early_stop=True) -> pd.DataFrame:
@@ -60,7 +65,7 @@ def our_predictions(model, tokenizer, mirror, mode, early_stop=True) -> pd.DataF
                     rows.append({"model": "base", "task": t, "group": g, "instruction_id": i,
                                  "instance_id": r["instance_id"], "gold": r["gold"], "prediction": s.prediction,
                                  "correct": s.prediction == r["gold"], "raw_output": s.raw_output,
-                                 "label_scores": s.label_scores})
+                                 "label_scores": s.label_scores, "label_tokens": s.label_tokens})
     return pd.DataFrame(rows)
 
 
@@ -79,9 +84,22 @@ def tiny_run(tmp_path_factory, mirror):
     tokenizer.save_pretrained(root / "model")
     assert lmeval.main(["export", str(root / "suite"), "--n-per-task", str(N_PER_TASK), "--tasks", *TASKS,
                         "--groups", *GROUPS, "--n-instructions", str(N_INSTRUCTIONS), "--mirror", str(mirror)]) == 0
-    run_lm_eval(root / "model", root / "suite", root / "logs",
-                [lmeval.group_name("rank"), lmeval.group_name("generate")])
+    printed = run_lm_eval(root / "model", root / "suite", root / "logs",
+                          [lmeval.group_name("rank"), lmeval.group_name("generate")])
+    (root / "lm_eval_stdout.txt").write_text(printed)
     return root, model, tokenizer
+
+
+def test_lm_eval_command_prints_tables_with_their_headers(tiny_run):
+    """lm-eval's results tables name their columns (pytablewriter without `headers` prints A, B, C, ...)."""
+    root, _, _ = tiny_run
+    printed = (root / "lm_eval_stdout.txt").read_text()
+    header = re.compile(r"^\|\s*Tasks\s*\|Version\|Filter\|n-shot\|Metric\|.*\|\s*Value\s*\|.*\|Stderr\|$", re.M)
+    assert header.search(printed), printed[:2000]
+    assert re.search(r"^\|\s*Groups\s*\|Version\|Filter\|n-shot\|Metric\|", printed, re.M), printed[-2000:]
+    assert not re.search(r"^\|\s*A\s*\|\s*B\s*\|\s*C\s*\|", printed, re.M)
+    rows = [line for line in printed.splitlines() if line.startswith(f"|{lmeval.group_name('rank')} ")]
+    assert rows and "|acc   |" in rows[0]
 
 
 def test_export_layout(tiny_run, mirror):
@@ -111,9 +129,11 @@ def test_rank_matches_our_rank_mode(tiny_run, mirror, tmp_path):
     for a, b in zip(both["label_scores_lm"], both["label_scores_ours"]):  # same log-likelihoods, not just argmax
         a, b = json.loads(a), json.loads(b)
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 2e-3 for k in a)
-    # every metric of our evaluator, from lm-eval's logs, equals the one from our runner's predictions
+    # every metric of our evaluator, from lm-eval's logs, equals the one from our runner's predictions (POSIX too:
+    # the label tokens are counted with the logged model's tokenizer), within the label scores' agreement above
     expected = summarize(ours.assign(instruction="", adapter=""))
-    pd.testing.assert_frame_equal(summary.reset_index(drop=True), expected.reset_index(drop=True))
+    pd.testing.assert_frame_equal(summary.reset_index(drop=True), expected.reset_index(drop=True), rtol=0, atol=2e-3)
+    assert summary["posix"].notna().all() and summary["auc"].notna().any()
     assert (tmp_path / "predictions.parquet").is_file() and (tmp_path / "predictions.csv").is_file()
     assert pd.read_csv(tmp_path / "summary.csv").shape == summary.shape
 
@@ -151,6 +171,42 @@ def test_summarize_cli_needs_a_mode_when_logs_hold_both(tiny_run, tmp_path, caps
     assert "both rank and generate" in capsys.readouterr().err
     assert lmeval.main(["summarize", str(root / "logs"), "--out", str(tmp_path), "--mode", "rank"]) == 0
     assert set(pd.read_parquet(tmp_path / "predictions.parquet")["model"]) == {"base"}
+
+
+def test_posix_needs_the_tokenizer_and_says_why_it_is_missing(tiny_run, tmp_path, caplog):
+    """Without the logged model's tokenizer POSIX is NaN with the reason and the fix; --tokenizer restores it."""
+    root, _, _ = tiny_run
+    _, summary = lmeval.summarize_logs(root / "logs", tmp_path / "with", mode="rank")
+    logs = tmp_path / "logs"
+    shutil.copytree(root / "logs", logs)
+    for results in logs.rglob("results_*.json"):  # the model folder is gone (logs copied to another machine)
+        data = json.loads(results.read_text())
+        data["config"]["model_args"] = f"pretrained={tmp_path / 'gone'},dtype=float32"
+        results.write_text(json.dumps(data))
+    _, without = lmeval.summarize_logs(logs, tmp_path / "without", mode="rank")
+    assert without["posix"].isna().all() and without["auc"].equals(summary["auc"])
+    assert "posix is NaN" in caplog.text and "--tokenizer" in caplog.text
+    assert lmeval.main(["summarize", str(logs), "--out", str(tmp_path / "fixed"), "--mode", "rank",
+                        "--tokenizer", str(root / "model")]) == 0
+    assert pd.read_csv(tmp_path / "fixed" / "summary.csv")["posix"].to_numpy() == pytest.approx(
+        summary["posix"].to_numpy())
+
+
+def test_model_args_name_the_offline_model_folder(tiny_dir, capsys):
+    """The README's path: the offline alias resolves to the converted folder our runner loads (not the hub id)."""
+    from coinlib.core.models import resolve_model
+
+    args = lmeval.hf_model_args("smollm2-135m-instruct", adapter="runs/coin/adapter")
+    parsed = lmeval._model_args(args)
+    assert parsed == {"pretrained": resolve_model("smollm2-135m-instruct")[0], "dtype": "float32",
+                      "peft": "runs/coin/adapter"}
+    assert (Path(parsed["pretrained"]) / "config.json").is_file() and lmeval.model_label(args) == "coin"
+    assert lmeval.hf_model_args("HuggingFaceTB/SmolLM2-135M-Instruct", dtype="bfloat16") == \
+        "pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,dtype=bfloat16"
+    assert lmeval.main(["model-args", str(tiny_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"pretrained={tiny_dir},dtype=float32"
+    assert lmeval.main(["model-args", "no/such/model"]) == 2
+    assert "neither an alias" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ bad input

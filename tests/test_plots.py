@@ -247,3 +247,58 @@ def test_seed_differences_draws_each_seed_and_the_mean_with_its_interval():
     xs = band.get_paths()[0].vertices[:, 0]
     assert (xs.min(), xs.max()) == pytest.approx((-6, 6))  # +- the minimum detectable difference
     assert "CIT" in fig._suptitle.get_text()
+
+
+# ---------------------------------------------------------------------------------------------- intervals, instructions
+def test_figure3_accuracy_bars_carry_the_summary_intervals():
+    """One task: the bar's error bar is the summary's bootstrap interval; two tasks: half-widths in quadrature."""
+    one = pd.DataFrame({"model": ["a", "b"], "task": "sst2", "group": "clean", "mean_acc": [0.6, 0.5],
+                        "std_acc": 0.1, "ci_low": [0.5, 0.45], "ci_high": [0.65, 0.6]})
+    acc, std = plot_figure3(figure3_data(one)).axes
+    bars = [c for c in acc.containers if getattr(c, "errorbar", None) is not None]
+    segments = [c.errorbar.lines[2][0].get_segments()[0] for c in bars]
+    assert [sorted(s[:, 1]) for s in segments] == [pytest.approx([50, 65]), pytest.approx([45, 60])]
+    assert "95% interval" in acc.get_title() and not [c for c in std.containers if getattr(c, "errorbar", None)]
+    two = pd.DataFrame({"model": "a", "task": ["sst2", "rte"], "group": "clean", "mean_acc": [0.6, 0.4],
+                        "std_acc": 0.1, "ci_low": [0.5, 0.37], "ci_high": [0.64, 0.43]})
+    row = figure3_data(two).iloc[0]
+    assert row["ci_low"] == pytest.approx(0.5 - np.hypot(0.1, 0.03) / 2)
+    assert row["ci_high"] == pytest.approx(0.5 + np.hypot(0.04, 0.03) / 2)
+    assert figure3_data(two.drop(columns=["ci_low", "ci_high"]))[["ci_low", "ci_high"]].isna().all().all()
+
+
+def _predictions() -> pd.DataFrame:
+    """2 models x 2 tasks x 2 groups x 3 instructions x 4 instances with known accuracies."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for m in ("run-cit", "run-coin"):
+        for t in ("sst2", "rte"):
+            for g in ("clean", "checklist"):
+                for i in range(3):
+                    hits = rng.integers(0, 5)  # instances answered correctly, 0..4
+                    rows += [dict(model=m, task=t, group=g, instruction_id=i, instruction=f"{g} {i}",
+                                  instance_id=str(j), correct=j < hits) for j in range(4)]
+    return pd.DataFrame(rows)
+
+
+def test_instruction_figure_draws_every_instruction_and_their_mean(tmp_path, capsys):
+    predictions = _predictions()
+    data = figures.instruction_data(predictions)
+    assert len(data) == 2 * 2 * 2 * 3 and list(dict.fromkeys(data["group"])) == ["clean", "checklist"]
+    fig = figures.plot_instruction_accuracy(data, {"run-cit": "cit", "run-coin": "coin"})
+    assert [ax.get_title() for ax in fig.axes] == ["rte", "sst2"]
+    for ax, task in zip(fig.axes, ("rte", "sst2")):
+        points = {to_hex(c.get_facecolor()[0]): sorted(c.get_offsets()[:, 1]) for c in ax.collections
+                  if type(c).__name__ == "PathCollection"}
+        means = sorted(y for c in ax.collections if type(c).__name__ == "LineCollection"
+                       for y in (s[0, 1] for s in c.get_segments()))
+        acc = predictions[predictions["task"] == task].groupby(["model", "group", "instruction_id"])["correct"].mean()
+        for model, role in (("run-cit", "cit"), ("run-coin", "coin")):
+            assert points[ROLE_COLORS[role]] == pytest.approx(sorted(100 * acc.loc[model]))
+        assert means == pytest.approx(sorted(100 * acc.groupby(["model", "group"]).mean()))
+    predictions.to_parquet(tmp_path / "predictions.parquet")
+    assert figures.main(["instructions", str(tmp_path / "predictions.parquet"), "--out", str(tmp_path / "fig")]) == 0
+    drawn = pd.read_csv(tmp_path / "fig" / "fig3_instructions.csv")
+    assert len(drawn) == 24 and drawn["instruction"].iloc[0] == "clean 0"
+    assert figures.main(["instructions", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "fig")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -15,13 +15,16 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coinlib.core.sources import REPO_ROOT, source_key
 from coinlib.core.tasks import task_names
+
+if TYPE_CHECKING:
+    import argparse
 
 PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
@@ -416,19 +419,62 @@ def validate(values: dict[str, Any], where: str = "parameters", relative_to: Pat
         raise ParamsError("\n".join(_describe(where, err) for err in exc.errors())) from None
 
 
-def load_params(path: str | Path) -> Params:
-    """Load and validate a parameter file."""
+def load_params(path: str | Path, sets: Sequence[str] = ()) -> Params:
+    """Load and validate a parameter file, with command-line ``--set KEY=VALUE`` overrides (:func:`parse_sets`)
+    merged over it, so they are validated exactly as the file's own values."""
     path = Path(path)
-    return validate(read_yaml(path), str(path), path.parent)
+    values = deep_merge(read_yaml(path), parse_sets(sets))
+    return validate(values, f"{path}{sets_note(sets)}", path.parent)
 
 
-def load_params_or_exit(path: str | Path) -> Params:
-    """:func:`load_params` for command-line entry points: an invalid file exits with status 2 and the message."""
+def load_params_or_exit(path: str | Path, sets: Sequence[str] = ()) -> Params:
+    """:func:`load_params` for command-line entry points: invalid parameters exit with status 2 and the message."""
     try:
-        return load_params(path)
+        return load_params(path, sets)
     except ParamsError as exc:
         print(f"[coin] invalid parameters:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------------------------- command line
+def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides (``--set``) as the nested mapping a parameter file would hold.
+
+    The key is dotted (``train.lambda``, ``model.lora.r``); the value is read by PyYAML exactly as in a file
+    (``10``, ``1.0e-3``, ``true``, ``null``, ``[sst2, rte]``, ``{"1": smoke-lambda1}``). Later overrides win.
+    """
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted key. Fix: e.g. --set train.lambda=10")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ParamsError(f"--set {item!r}: the value of {key} is not valid YAML ({problem}). Fix: write it as "
+                              "in a parameter file (a list as [a, b]; quote text YAML would misread).") from None
+        node = out
+        for depth, part in enumerate(parts[:-1], 1):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"--set {item!r}: {'.'.join(parts[:depth])} is set to a value by an earlier --set, "
+                                  "so it has no keys. Fix: drop one of the two.")
+        node[parts[-1]] = value
+    return out
+
+
+def sets_note(sets: Sequence[str]) -> str:
+    """`` with --set A --set B`` for messages (empty without overrides)."""
+    return "".join(f" --set {s}" for s in sets).replace(" --set", " with --set", 1)
+
+
+def add_set_argument(parser: "argparse.ArgumentParser") -> None:
+    """The ``--set KEY=VALUE`` option of every command that reads a parameter file (values in ``args.sets``)."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting of the file (dotted key, YAML value), validated like the file; "
+                             "repeat as needed, e.g. --set train.lambda=10 --set evaluate.tasks=[sst2,rte]")
 
 
 def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters") -> Params:

@@ -1,7 +1,8 @@
 """The robustness suite as lm-evaluation-harness tasks, and our metrics from its sample logs.
 
     python -m coinlib.evaluate.lmeval export OUT_DIR [--prompt-set NAME|FILE] [--n-per-task N] [--groups ...]
-    lm_eval --model hf --model_args pretrained=... --include_path OUT_DIR --tasks coin_robustness \\
+    python -m coinlib.evaluate.lmeval model-args smollm2-135m-instruct [--adapter runs/RUN/adapter]  # -> ARGS
+    lm_eval --model hf --model_args ARGS --include_path OUT_DIR --tasks coin_robustness \\
         --log_samples --output_path LOG_DIR
     python -m coinlib.evaluate.lmeval summarize LOG_DIR --out DIR
 
@@ -12,14 +13,17 @@ our label parser, the paper's ``generate`` mode), plus the groups ``coin_robustn
 (everything) and ``coin_robustness_<group>`` / ``coin_robustness_<group>_generate`` (one instruction group). Inputs
 are the paper's format (instruction + content + "### Response:"); instances are the evaluation sample of
 :func:`coinlib.core.tasks.load_task`, written once per task as local JSONL (lm-eval never reaches the hub).
-``summarize`` turns ``--log_samples`` output into the ``predictions`` and ``summary`` tables of
-``python -m coinlib.evaluate``.
+``model-args`` prints the HF backend's ``--model_args`` for a model as ``model.name`` names it (the offline alias
+resolves to its converted local folder, so lm-eval scores the weights our runner scores). ``summarize`` turns
+``--log_samples`` output into the ``predictions`` and ``summary`` tables of ``python -m coinlib.evaluate``; lm-eval
+logs no token counts, so the label tokens POSIX divides by are counted with the logged model's tokenizer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -28,12 +32,15 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
+from coinlib.core.models import ModelUnavailable
 from coinlib.core.params import EVAL_GROUPS
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
 from coinlib.core.tasks import get_task, load_task, task_names
 from coinlib.evaluate.metrics import summarize as summarize_predictions
 from coinlib.evaluate.runner import BASE_LABEL, PREDICTION_COLUMNS
-from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, parse_label
+from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, label_token_ids, parse_label
+
+log = logging.getLogger(__name__)
 
 MODES = {"rank": "multiple_choice", "generate": "generate_until"}
 SUITE = "coin_robustness"
@@ -157,6 +164,21 @@ def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_tas
     return names["rank"][None] + names["generate"][None]
 
 
+def hf_model_args(model: str, adapter: str | None = None, dtype: str = "float32", revision: str | None = None) -> str:
+    """``--model_args`` of lm-eval's HF backend for ``model`` as ``model.name`` accepts it (offline alias, folder, hub
+    id; :func:`coinlib.core.models.resolve_model`), with an optional LoRA adapter folder."""
+    from coinlib.core.models import resolve_model
+
+    path, gguf, rev = resolve_model(model, revision)
+    if gguf:
+        raise LmEvalError(f"model {model!r} is a GGUF file; lm-eval's HF backend needs a model folder or hub id. "
+                          "Fix: convert it once (the offline alias does) or give a folder.")
+    args = {"pretrained": path, "dtype": dtype, "revision": rev, "peft": adapter}
+    if any("," in str(v) for v in args.values() if v):
+        raise LmEvalError(f"{args}: a value holds a comma, which lm-eval's --model_args cannot carry. Fix: move it.")
+    return ",".join(f"{k}={v}" for k, v in args.items() if v)
+
+
 # ------------------------------------------------------------------------------------------------ summarize
 def _runs(log_dir: Path) -> list[tuple[Path, dict]]:
     """Every lm-eval results file under ``log_dir`` with its parsed JSON."""
@@ -186,14 +208,42 @@ def model_label(model_args: str | dict | None) -> str:
     return path.parent.name if path.name == "adapter" and path.parent.name else path.name
 
 
-def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = None) -> pd.DataFrame:
+class _LabelTokens:
+    """``label_tokens`` JSON (label -> tokens scored, as our ``rank`` mode counts them after the paper format) per
+    tokenizer and label set; ``"{}"`` when the tokenizer cannot be loaded (POSIX is then NaN; the reason is logged)."""
+
+    def __init__(self, tokenizer: str | None):
+        self.override, self.loaded, self.failed = tokenizer, {}, {}
+
+    def __call__(self, model_args: str | dict | None, labels: Sequence[str]) -> str:
+        name = self.override or _model_args(model_args).get("pretrained")
+        if not name or name in self.failed:
+            return "{}"
+        if name not in self.loaded:
+            from coinlib.core.models import load_tokenizer
+
+            try:
+                self.loaded[name] = load_tokenizer(name, _model_args(model_args).get("revision"))
+            except Exception as exc:  # noqa: BLE001 (missing folder, hub unreachable, no tokenizer files)
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("posix is NaN for %s: lm-eval logs no token counts and its tokenizer could not be loaded "
+                            "(%s). Fix: summarize --tokenizer <model folder or hub id>.", name, self.failed[name])
+                return "{}"
+        ids = label_token_ids(self.loaded[name], labels, "paper")
+        return json.dumps({lab: len(x) for lab, x in zip(labels, ids)})
+
+
+def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = None,
+              tokenizer: str | None = None) -> pd.DataFrame:
     """Predictions table (:data:`coinlib.evaluate.runner.PREDICTION_COLUMNS`) from lm-eval ``--log_samples`` output.
 
     ``mode`` (``rank``/``generate``) picks one output type when the logs hold both; ``label`` overrides the model
-    label (default: :func:`model_label` of each results file's ``model_args``).
+    label (default: :func:`model_label` of each results file's ``model_args``). ``label_tokens`` (rank mode) are
+    counted with ``tokenizer`` (default: the logged ``pretrained=`` model's).
     """
     log_dir = Path(log_dir)
     runs, frames, other, seen_modes = _runs(log_dir), [], set(), set()
+    count_tokens = _LabelTokens(tokenizer)
     if not runs:
         raise LmEvalError(f"no lm-eval results_*.json under {str(log_dir)!r}. "
                           "Fix: run lm_eval with --output_path pointing there and --log_samples.")
@@ -213,7 +263,7 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
             if not samples.is_file():
                 raise LmEvalError(f"{path} lists task {name} but {samples.name} is missing beside it. "
                                   "Fix: run lm_eval with --log_samples.")
-            frames.append(_unit_rows(samples, meta, who, adapter))
+            frames.append(_unit_rows(samples, meta, who, adapter, lambda labels: count_tokens(model_args, labels)))
     if not frames:
         if seen_modes:
             raise LmEvalError(f"the logs under {str(log_dir)!r} hold only {sorted(seen_modes)} tasks, not {mode!r}. "
@@ -232,9 +282,9 @@ def read_logs(log_dir: str | Path, mode: str | None = None, label: str | None = 
     return predictions
 
 
-def _unit_rows(samples: Path, meta: dict, model: str, adapter: str) -> pd.DataFrame:
+def _unit_rows(samples: Path, meta: dict, model: str, adapter: str, count_tokens) -> pd.DataFrame:
     rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
-    out = []
+    out, tokens = [], {}
     for s in sorted(rows, key=lambda s: s["doc_id"]):
         doc = s["doc"]
         labels = list(doc["choices"])
@@ -243,20 +293,23 @@ def _unit_rows(samples: Path, meta: dict, model: str, adapter: str) -> pd.DataFr
             best = max(range(len(labels)), key=scores.__getitem__)
             prediction, raw = labels[best], label_continuation(labels[best], "paper")
             label_scores = json.dumps({lab: round(v, 4) for lab, v in zip(labels, scores)})
+            label_tokens = tokens.setdefault(tuple(labels), count_tokens(labels))
         else:
             raw = s["resps"][0][0]
-            prediction, label_scores = parse_label(raw, get_task(meta["coin_task"])), "{}"
+            prediction, label_scores, label_tokens = parse_label(raw, get_task(meta["coin_task"])), "{}", "{}"
         out.append({"model": model, "adapter": adapter, "task": meta["coin_task"], "group": meta["coin_group"],
                     "instruction_id": int(meta["coin_instruction_id"]), "instruction": meta["coin_instruction"],
                     "instance_id": str(doc["instance_id"]), "gold": doc["gold"], "prediction": prediction,
-                    "correct": prediction == doc["gold"], "raw_output": raw, "label_scores": label_scores})
+                    "correct": prediction == doc["gold"], "raw_output": raw, "label_scores": label_scores,
+                    "label_tokens": label_tokens})
     return pd.DataFrame(out, columns=PREDICTION_COLUMNS)
 
 
 def summarize_logs(log_dir: str | Path, out_dir: str | Path, mode: str | None = None, label: str | None = None,
-                   n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   n_boot: int = 1000, seed: int = 0,
+                   tokenizer: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``predictions.parquet`` (+ ``.csv``) and ``summary.csv`` as ``python -m coinlib.evaluate`` does."""
-    predictions = read_logs(log_dir, mode, label)
+    predictions = read_logs(log_dir, mode, label, tokenizer)
     summary = summarize_predictions(predictions, n_boot=n_boot, seed=seed)
     out = Path(out_dir)
     atomic_write(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
@@ -284,9 +337,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     sm.add_argument("--mode", choices=list(MODES), default=None, help="output type, when the logs hold both")
     sm.add_argument("--label", default=None, help="model label in the tables (default: run name of peft=, or base)")
     sm.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the 95%% interval")
+    sm.add_argument("--tokenizer", default=None,
+                    help="model whose tokenizer counts the label tokens POSIX needs (default: the logged pretrained=)")
+    ma = sub.add_parser("model-args", help="lm_eval --model hf --model_args for a model (offline alias -> its folder)")
+    ma.add_argument("model", help="model as model.name names it, e.g. smollm2-135m-instruct")
+    ma.add_argument("--adapter", default=None, help="LoRA adapter folder, e.g. runs/smoke/adapter")
+    ma.add_argument("--dtype", default="float32", help="weights' dtype (default: %(default)s, as params/smoke.yaml)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
-        if args.command == "export":
+        if args.command == "model-args":
+            print(hf_model_args(args.model, args.adapter, args.dtype))
+        elif args.command == "export":
             if args.n_per_task < 1:
                 raise LmEvalError(f"--n-per-task must be >= 1, got {args.n_per_task}")
             names = export(args.out_dir, args.prompt_set, args.n_per_task, args.groups, args.tasks,
@@ -294,10 +355,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             print(f"wrote {len(names)} tasks to {args.out_dir}; run: lm_eval --include_path {args.out_dir} "
                   f"--tasks {SUITE} (rank) or {SUITE}_generate --log_samples --output_path LOG_DIR ...")
         else:
-            _, summary = summarize_logs(args.log_dir, args.out, args.mode, args.label, args.n_boot)
+            _, summary = summarize_logs(args.log_dir, args.out, args.mode, args.label, args.n_boot,
+                                        tokenizer=args.tokenizer)
             print(summary.to_string(index=False))
-            print(f"Figure 3: python -m coinlib.results.plots figure3 {Path(args.out) / 'summary.csv'} --out {args.out}")
-    except (LmEvalError, PromptSetError, KeyError) as err:
+            out = Path(args.out)
+            print(f"Figures: python -m coinlib.results.plots figure3 {out / 'summary.csv'} --out {out}\n"
+                  f"         python -m coinlib.results.plots instructions {out / 'predictions.parquet'} --out {out}")
+    except (LmEvalError, PromptSetError, KeyError, ModelUnavailable) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
     return 0

@@ -307,17 +307,44 @@ def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = Non
     atomic_write(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     atomic_write(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    log_to_tensorboard(P, summary)
     return EvalTables(predictions, summary)
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    from coinlib.core.params import load_params_or_exit
+#: Summary columns that are not metrics (identifiers and sizes): never logged to TensorBoard.
+_NOT_METRICS = {"model", "task", "group", "n_instructions", "n_instances"}
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def log_to_tensorboard(P: "Params", summary: pd.DataFrame) -> Path | None:
+    """Every metric of ``summary`` as a scalar in the run's TensorBoard log (``<run>/tensorboard``, beside the training
+    curves), tagged ``eval/<model>/<task>/<group>/<metric>`` at the run's last training step (its ``train_log.csv``;
+    0 when it was not trained here). Only when ``train.report_to`` names tensorboard; returns the log folder."""
+    if "tensorboard" not in P.train.report_to:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    train_log = P.run_dir / "train_log.csv"
+    step = int(pd.read_csv(train_log)["step"].max()) if train_log.is_file() else 0
+    log_dir = P.run_dir / "tensorboard"
+    metrics = [c for c in summary.columns if c not in _NOT_METRICS]
+    with SummaryWriter(log_dir=str(log_dir), filename_suffix=".eval") as writer:
+        for row in summary.to_dict("records"):
+            for metric in metrics:
+                if pd.notna(row[metric]):
+                    writer.add_scalar(f"eval/{row['model']}/{row['task']}/{row['group']}/{metric}", row[metric], step)
+    return log_dir
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    from coinlib.core.params import add_set_argument, load_params_or_exit
+
+    ap = argparse.ArgumentParser(prog="python -m coinlib.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")
     ap.add_argument("--merge", action="store_true", help="only merge cached units into the tables")
+    add_set_argument(ap)
     args = ap.parse_args(list(argv) if argv is not None else None)
-    P = load_params_or_exit(args.params_file)
+    P = load_params_or_exit(args.params_file, args.sets)
     tables = merge(P) if args.merge else run_evaluation(P)
     if tables is not None:
         print(tables.summary.to_string(index=False))

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
 from coinlib.core.tasks import CATEGORIES
+from coinlib.evaluate.metrics import instruction_accuracy
 from coinlib.results.tables import ROLE_LABELS, average_over_tasks
 
 GROUP_COLORS = {
@@ -167,35 +168,60 @@ def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
 # ---------------------------------------------------------------------------------------------- Figure 3
 # Accuracy and std over instructions per perturbation group, models side by side.
 
-def figure3_data(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model x group: mean accuracy over tasks and the pooled std over instructions (the tables' "Average",
-    :func:`coinlib.results.tables.average_over_tasks`), with ``n_tasks``."""
-    data = average_over_tasks(summary, by=("model", "group"))
+def _in_group_order(data: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by group in the order of :data:`GROUP_LABELS` (other groups last), otherwise as they were."""
     order = {g: i for i, g in enumerate(GROUP_LABELS)}
     return data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
 
 
+def figure3_data(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model x group: mean accuracy over tasks and the pooled std over instructions (the tables' "Average",
+    :func:`coinlib.results.tables.average_over_tasks`), with ``n_tasks`` and the 95% interval of the accuracy.
+
+    ``ci_low``/``ci_high``: the summary's bootstrap intervals (instances resampled); over several tasks, independent
+    samples, each side's half-widths add in quadrature, ``mean -/+ sqrt(sum_t half_t^2) / n_tasks`` (exact for one
+    task, a normal approximation for several). NaN when the summary has no intervals.
+    """
+    data = average_over_tasks(summary, by=("model", "group"))
+    rows = summary[summary["task"] != "average"]
+    if {"ci_low", "ci_high"} <= set(rows.columns):
+        half = rows.assign(low=rows["mean_acc"] - rows["ci_low"], high=rows["ci_high"] - rows["mean_acc"])
+        rss = half.groupby(["model", "group"], sort=False)[["low", "high"]].agg(
+            lambda h: np.sqrt(np.sum(np.square(h))) / len(h))
+        data = data.join(rss, on=["model", "group"])
+        data["ci_low"], data["ci_high"] = data["mean_acc"] - data.pop("low"), data["mean_acc"] + data.pop("high")
+    else:
+        data["ci_low"] = data["ci_high"] = np.nan
+    return _in_group_order(data)
+
+
 def plot_figure3(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt.Figure:
-    """Two panels (accuracy, std; in %) with one bar per model in each perturbation group.
+    """Two panels (accuracy with its 95% interval, :func:`figure3_data`; std over instructions; in %) with one bar per
+    model in each perturbation group.
 
     ``roles`` maps model labels to "base", "cit" or "coin": those models get the role's colour of every figure
     and a legend entry naming the role; models are drawn in the order base, CIT, COIN, then the others.
     """
     use_style()
-    roles = {m: r for m, r in (roles or {}).items() if r in ROLE_COLORS}
-    rank = {r: i for i, r in enumerate(ROLE_COLORS)}
-    models = sorted(dict.fromkeys(data["model"]), key=lambda m: rank.get(roles.get(m), len(rank)))
+    models, colors, labels = _models_by_role(list(dict.fromkeys(data["model"])), roles)
     groups = list(dict.fromkeys(data["group"]))
-    others = iter(c for c in plt.get_cmap("tab10").colors if c not in ROLE_COLORS.values())
-    colors = {m: ROLE_COLORS[roles[m]] if m in roles else next(others) for m in models}
     width = 0.8 / len(models)
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.9))
-    for ax, col, title in zip(axes, ("mean_acc", "std_acc"), ("average accuracy (%)", "std over instructions (%)")):
-        table = data.pivot(index="group", columns="model", values=col).reindex(index=groups, columns=models)
+    has_ci = {"ci_low", "ci_high"} <= set(data.columns) and data[["ci_low", "ci_high"]].notna().any().any()
+    titles = ("average accuracy (%), 95% interval" if has_ci else "average accuracy (%)", "std over instructions (%)")
+    def table(col: str) -> pd.DataFrame:
+        return data.pivot(index="group", columns="model", values=col).reindex(index=groups, columns=models)
+
+    for ax, col, title in zip(axes, ("mean_acc", "std_acc"), titles):
+        values = table(col)
         for i, model in enumerate(models):
             x = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
-            label = f"{ROLE_LABELS[roles[model]]} ({model})" if model in roles and roles[model] != model else model
-            ax.bar(x, 100 * table[model].to_numpy(), width, color=colors[model], label=label)
+            err = None
+            if col == "mean_acc" and has_ci:
+                bounds = np.stack([table(c)[model] for c in ("ci_low", "ci_high")])
+                err = 100 * np.abs(bounds - values[model].to_numpy())
+            ax.bar(x, 100 * values[model].to_numpy(), width, color=colors[model], label=labels[model], yerr=err,
+                   capsize=2.5, error_kw={"elinewidth": 1, "ecolor": "#333333"})
         ax.set_xticks(np.arange(len(groups)), [GROUP_LABELS.get(g, g).replace(" (", "\n(") for g in groups],
                       fontsize=8.5)
         ax.set_title(title)
@@ -225,9 +251,7 @@ def figure3_label_free_data(summary: pd.DataFrame) -> pd.DataFrame:
                          "(python -m coinlib.evaluate params/X.yaml --merge rebuilds summary.csv from the cache).")
     data = summary.groupby(["model", "group"], sort=False).agg(
         **{c: (c, "mean") for c in cols}, n_tasks=("task", "nunique")).reset_index()
-    order = {g: i for i, g in enumerate(GROUP_LABELS)}
-    data = data.sort_values("group", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
-    return data.reset_index(drop=True)
+    return _in_group_order(data)
 
 
 def _models_by_role(models: list[str], roles: dict[str, str] | None) -> tuple[list[str], dict, dict]:
@@ -261,6 +285,57 @@ def plot_figure3_label_free(data: pd.DataFrame, roles: dict[str, str] | None = N
     axes[0][0].axhline(50, color="#444444", lw=1, ls="--")
     axes[0][1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="model")
     fig.suptitle(f"Label-free robustness over {int(data['n_tasks'].max())} GLUE task(s) (companion of Figure 3)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- instructions
+# Accuracy of every single instruction: the spread Figure 3's std summarises, per task, group and model.
+
+def instruction_data(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per model x task x group x instruction: its accuracy ``acc`` over the instances (and ``instruction``, the text,
+    when the predictions hold it), groups in Figure 3's order."""
+    data = instruction_accuracy(predictions)
+    if "instruction" in predictions.columns:
+        text = predictions.drop_duplicates(["model", "task", "group", "instruction_id"])
+        data = data.merge(text[["model", "task", "group", "instruction_id", "instruction"]], how="left")
+    return _in_group_order(data)
+
+
+def plot_instruction_accuracy(data: pd.DataFrame, roles: dict[str, str] | None = None) -> plt.Figure:
+    """One panel per task: each instruction's accuracy as a point, per group (x) and model (colour, side by side),
+    and a line at their mean (the summary's ``mean_acc``); colours and model order as :func:`plot_figure3`."""
+    use_style()
+    models, colors, labels = _models_by_role(list(dict.fromkeys(data["model"])), roles)
+    tasks, groups = list(dict.fromkeys(data["task"])), list(dict.fromkeys(data["group"]))
+    ncols = min(len(tasks), 5)
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 + 0.9 * len(groups) * ncols, 3.4 * nrows), squeeze=False,
+                             sharey=True)
+    width = 0.8 / len(models)
+    for ax, task in zip(axes.flat, tasks):
+        for i, model in enumerate(models):
+            sub = data[(data["task"] == task) & (data["model"] == model)]
+            xs, ys = [], []
+            for gi, group in enumerate(groups):
+                acc = 100 * sub.loc[sub["group"] == group, "acc"].to_numpy()
+                center = gi + (i - (len(models) - 1) / 2) * width
+                spread = np.linspace(-0.3, 0.3, len(acc)) if len(acc) > 1 else np.zeros(len(acc))
+                xs += list(center + spread * width)
+                ys += list(acc)
+                if len(acc):
+                    ax.hlines(acc.mean(), center - 0.4 * width, center + 0.4 * width, color=colors[model], lw=2)
+            ax.scatter(xs, ys, s=16, color=colors[model], alpha=0.8, edgecolors="none", label=labels[model])
+        ax.set_xticks(np.arange(len(groups)), [GROUP_LABELS.get(g, g).replace(" (", "\n(") for g in groups],
+                      fontsize=8)
+        ax.set_title(task)
+        ax.set_ylim(-2, 102)
+    for ax in axes.flat[len(tasks):]:
+        ax.remove()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    axes.flat[len(tasks) - 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="model")
+    fig.suptitle("Accuracy of each instruction (points) and their mean (lines), per task, group and model")
     fig.tight_layout()
     return fig
 
@@ -360,38 +435,63 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def save_figure3(summary_csv: str | Path, out_dir: str | Path, roles: dict[str, str] | None = None) -> list[Path]:
-    """Figure 3 (``fig3_robustness`` .png/.pdf/.csv) from any evaluator's ``summary.csv``; a clear error if unusable."""
-    summary_csv = Path(summary_csv)
-    if not summary_csv.is_file():
-        raise FileNotFoundError(f"{summary_csv} not found. Fix: give the summary.csv of `python -m coinlib.evaluate` "
+def _evaluation_table(path: str | Path, file: str, kind: str, required: set[str]) -> pd.DataFrame:
+    """An evaluator's output table (``.parquet`` or CSV); errors name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found. Fix: give the {file} of `python -m coinlib.evaluate` "
                                 "or `python -m coinlib.evaluate.lmeval summarize`.")
-    summary = pd.read_csv(summary_csv)
-    missing = {"model", "task", "group", "mean_acc", "std_acc"} - set(summary.columns)
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = required - set(frame.columns)
     if missing:
-        raise ValueError(f"{summary_csv} lacks column(s) {sorted(missing)}; it is not an evaluation summary.")
-    data = figure3_data(summary)
-    fig = plot_figure3(data, roles)
-    paths = save_figure(fig, data, out_dir, "fig3_robustness")
+        raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it is not {kind}.")
+    return frame
+
+
+def _save_plot(data: pd.DataFrame, plot, roles: dict[str, str] | None, out_dir: str | Path, name: str) -> list[Path]:
+    fig = plot(data, roles)
+    paths = save_figure(fig, data, out_dir, name)
     plt.close(fig)
     return paths
 
 
+def save_figure3(summary_csv: str | Path, out_dir: str | Path, roles: dict[str, str] | None = None) -> list[Path]:
+    """Figure 3 (``fig3_robustness`` .png/.pdf/.csv) from any evaluator's ``summary.csv``; a clear error if unusable."""
+    summary = _evaluation_table(summary_csv, "summary.csv", "an evaluation summary",
+                                {"model", "task", "group", "mean_acc", "std_acc"})
+    return _save_plot(figure3_data(summary), plot_figure3, roles, out_dir, "fig3_robustness")
+
+
+def save_instruction_figure(predictions: str | Path, out_dir: str | Path,
+                            roles: dict[str, str] | None = None) -> list[Path]:
+    """The per-instruction accuracy figure (``fig3_instructions`` .png/.pdf/.csv) from any evaluator's predictions
+    table (``predictions.parquet`` or ``.csv``); a clear error if unusable."""
+    frame = _evaluation_table(predictions, "predictions.parquet (or .csv)", "a predictions table",
+                              {"model", "task", "group", "instruction_id", "correct"})
+    return _save_plot(instruction_data(frame), plot_instruction_accuracy, roles, out_dir, "fig3_instructions")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m coinlib.results.plots figure3 SUMMARY_CSV --out DIR [--roles MODEL=ROLE ...]``."""
+    """``python -m coinlib.results.plots figure3 SUMMARY_CSV --out DIR [--roles MODEL=ROLE ...]`` (Figure 3) and
+    ``python -m coinlib.results.plots instructions PREDICTIONS --out DIR [--roles ...]`` (each instruction)."""
     import argparse
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m coinlib.results.plots", description="Figures from evaluation tables.")
     sub = ap.add_subparsers(dest="figure", required=True)
     f3 = sub.add_parser("figure3", help="paper Figure 3 from a summary.csv")
-    f3.add_argument("summary_csv")
+    f3.add_argument("table", metavar="summary_csv")
     f3.add_argument("--out", required=True, help="folder for fig3_robustness.png/.pdf/.csv")
-    f3.add_argument("--roles", nargs="*", default=[], metavar="MODEL=ROLE", help="roles base, cit, coin (colours)")
+    ins = sub.add_parser("instructions", help="accuracy of each instruction from a predictions table")
+    ins.add_argument("table", metavar="predictions", help="predictions.parquet or .csv")
+    ins.add_argument("--out", required=True, help="folder for fig3_instructions.png/.pdf/.csv")
+    for p in (f3, ins):
+        p.add_argument("--roles", nargs="*", default=[], metavar="MODEL=ROLE", help="roles base, cit, coin (colours)")
     args = ap.parse_args(argv)
     roles = dict(r.split("=", 1) for r in args.roles if "=" in r)
+    save = save_figure3 if args.figure == "figure3" else save_instruction_figure
     try:
-        paths = save_figure3(args.summary_csv, args.out, roles)
+        paths = save(args.table, args.out, roles)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@
     python -m coinlib.results.study params/studies/sentiment.yaml --plan        # what is done, what is left
     python -m coinlib.results.study params/studies/sentiment.yaml --report      # tables and figure only
     python -m coinlib.results.study params/studies/sentiment.yaml --print-params coin-s1:train
+    python -m coinlib.results.study params/studies/sentiment.yaml --set evaluate.n_per_task=50 --plan  # every arm
 
 A study spec (:class:`StudySpec`, YAML) names a shared parameter file (the recipe) and arms, each a few overrides of
 its ``model``/``data``/``train`` sections; the driver expands arms x seeds into training runs
@@ -39,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 import pandas as pd
 import yaml
@@ -49,7 +50,17 @@ from transformers import TrainerCallback
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.core.models import precision_record
-from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, read_yaml, validate
+from coinlib.core.params import (
+    PARAMS_DIR,
+    ParamsError,
+    Params,
+    add_set_argument,
+    deep_merge,
+    parse_sets,
+    read_yaml,
+    sets_note,
+    validate,
+)
 from coinlib.core.sources import REPO_ROOT, repo_relative
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
 from coinlib.evaluate.runner import _weights_digest, run_evaluation
@@ -113,6 +124,8 @@ class StudySpec(_Spec):
     alpha: float = Field(0.05, gt=0, lt=1)
     power: float = Field(0.8, gt=0, lt=1)
     source: Optional[str] = Field(None, description="set by load_spec: the spec file")
+    sets: list[str] = Field(default_factory=list, description="set by load_spec: the command line's --set KEY=VALUE "
+                            "overrides, merged over the recipe before each arm's own")
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
@@ -144,15 +157,17 @@ class StudySpec(_Spec):
         return (root if root.is_absolute() else REPO_ROOT / root) / self.name
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec; errors name the file, the key and what is expected."""
+def load_spec(path: str | Path, sets: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study spec, with ``--set`` overrides of its recipe (:func:`coinlib.core.params.parse_sets`,
+    applied under every arm's overrides); errors name the file, the key and what is expected."""
     path = Path(path)
     try:
         raw = read_yaml(path)
+        parse_sets(sets)
     except ParamsError as exc:
         raise StudyError(str(exc)) from None
     try:
-        spec = StudySpec.model_validate({**raw, "source": str(path)})
+        spec = StudySpec.model_validate({**raw, "source": str(path), "sets": list(sets)})
     except ValidationError as exc:
         lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
         raise StudyError("\n".join(lines)) from None
@@ -178,9 +193,10 @@ def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
     path = spec.params_path
     a = spec.arms[arm]
     overrides = {s: v for s, v in (("model", a.model), ("data", a.data), ("train", a.train)) if v}
-    values = deep_merge(read_yaml(path), {**overrides, "run": {"name": f"{spec.name}-{arm}-s{seed}", "seed": seed}})
+    recipe = deep_merge(read_yaml(path), parse_sets(spec.sets))
+    values = deep_merge(recipe, {**overrides, "run": {"name": f"{spec.name}-{arm}-s{seed}", "seed": seed}})
     try:
-        return validate(values, f"{spec.source or 'study'}: arms.{arm} over {path}", path.parent)
+        return validate(values, f"{spec.source or 'study'}: arms.{arm} over {path}{sets_note(spec.sets)}", path.parent)
     except ParamsError as exc:
         raise StudyError(str(exc)) from None
 
@@ -719,9 +735,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--plan", action="store_true", help="print every stage and whether it is done; run nothing")
     ap.add_argument("--report", action="store_true", help="only write the tables and figure from committed outputs")
     ap.add_argument("--print-params", metavar="RUN[:FORMAT]", help="print a run's parameters (e.g. coin-s1:train)")
+    add_set_argument(ap)
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, args.sets)
         base = False if args.no_base else (True if args.base_only else None)
         if args.print_params:
             key, _, fmt = args.print_params.partition(":")

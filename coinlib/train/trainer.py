@@ -460,10 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: build or load the data, train, print the adapter folder."""
     import argparse
 
-    from coinlib.core.params import load_params_or_exit
+    from coinlib.core.params import add_set_argument, load_params_or_exit
 
-    ap = argparse.ArgumentParser(description="Train COIN (or CIT) as a parameter file says.")
+    ap = argparse.ArgumentParser(prog="python -m coinlib.train",
+                                 description="Train COIN (or CIT) as a parameter file says.")
     ap.add_argument("params_file")
+    add_set_argument(ap)
     args = ap.parse_args(argv)
-    print(train(load_params_or_exit(args.params_file)))
+    print(train(load_params_or_exit(args.params_file, args.sets)))
     return 0
