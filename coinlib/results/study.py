@@ -49,7 +49,7 @@ from tqdm import tqdm
 from transformers import TrainerCallback
 
 from coinlib.core.fileio import atomic_write_text
-from coinlib.core.models import precision_record
+from coinlib.core.precision import precision_record
 from coinlib.core.params import (
     PARAMS_DIR,
     ParamsError,
