@@ -404,7 +404,7 @@ import sys, time
 from pathlib import Path
 import coinlib.results.study as study
 
-def train(P):  # a training that writes a checkpoint, then runs until it is killed
+def train(P, callbacks=None):  # a training that writes a checkpoint, then runs until it is killed
     (P.run_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     Path(sys.argv[2]).touch()
     time.sleep(600)
@@ -437,7 +437,7 @@ def test_resumed_training_commits_the_time_of_every_attempt(tmp_path, monkeypatc
     time.sleep(1.5)
     proc.kill()  # SIGKILL: nothing of the attempt runs to its end
     proc.wait()
-    monkeypatch.setattr(study, "train", lambda P: None)  # the resumed attempt: done at once
+    monkeypatch.setattr(study, "train", lambda P, callbacks=None: None)  # the resumed attempt: done at once
     spec = study.load_spec(spec_path)
     study.Driver(spec, log=lambda _: None)._train(study.expand(spec)[0])
     meta = json.loads((study.stage_dir(spec, "cit-s0", "train") / "stage.json").read_text())
