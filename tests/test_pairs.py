@@ -180,3 +180,22 @@ def test_format_entry_shows_each_sequence_with_its_ids():
         "--- original  [rte/0/3]\nP?\n>>> yes\n"
         "--- positive  [rte/0/3]\nQ?\n>>> yes\n"
         "--- negative  [rte/0/9]\nR?\n>>> no\n")
+
+
+def test_table2_scaled_caps_keep_proportions_and_fill_the_size(pools):
+    counts = {"rte": 1234, "sst2": 2000, "trec": 300, "wsc273": 100}
+    assert pairs.task_caps(counts, "none", 52002) is None
+    assert pairs.task_caps(counts, "table2", 52002) == counts
+    caps = pairs.task_caps(counts, "table2-scaled", 52002)
+    assert sum(caps.values()) == 52002 and all(c % 2 == 0 for c in caps.values())
+    for name, count in counts.items():  # Table 2's shares, to within one pair
+        assert abs(caps[name] - count * 52002 / sum(counts.values())) <= 2
+    assert caps["sst2"] > caps["rte"] > caps["trec"] > caps["wsc273"]
+    # built with replacement, each task gets exactly its scaled cap
+    available = {p.name: p.adapter.paper_count for p in pools.pools}
+    caps = pairs.task_caps(available, "table2-scaled", 600)
+    built = pairs.build_entries(pools.pools, 600, seed=0, replacement=True, caps=caps)
+    assert len(built) == 600
+    assert {name: sum(e["task"] == name for e in built) for name in caps} == caps
+    with pytest.raises(pairs.DataError, match="unknown data.task_caps 'table3'"):
+        pairs.task_caps(counts, "table3", 600)

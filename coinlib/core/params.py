@@ -127,8 +127,9 @@ class DataParams(_Section):
     replacement: bool = Field(
         False, description="reuse a task's instances once its pool is exhausted (offline mirror pools are small)"
     )
-    task_caps: Literal["none", "table2"] = Field(
-        "none", description="per-task entry cap: none, or the paper's Table 2 counts"
+    task_caps: Literal["none", "table2", "table2-scaled"] = Field(
+        "none", description="per-task entry cap: none; the paper's Table 2 counts; or table2-scaled, Table 2's "
+        "proportions over the tasks that have data, scaled to data.size (needs data.replacement offline)"
     )
     eval_holdout: int = Field(
         300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks) kept out of training pools "

@@ -311,6 +311,28 @@ def build_entries(pools: list[TaskPool], size: int, seed: int, replacement: bool
     return entries
 
 
+def task_caps(paper_counts: dict[str, int], mode: str, size: int) -> Optional[dict[str, int]]:
+    """Per-task entry caps for ``data.task_caps``: None, Table 2's counts, or those scaled to fill ``size``.
+
+    ``table2-scaled`` keeps Table 2's proportions over the tasks given (those with data) and scales them so the
+    caps sum to ``size`` exactly: even caps (entries come in pairs), largest remainders rounded up.
+    """
+    if mode == "none":
+        return None
+    if mode == "table2":
+        return dict(paper_counts)
+    if mode != "table2-scaled":
+        raise DataError(f"unknown data.task_caps {mode!r}. Fix: use none, table2 or table2-scaled.")
+    total = sum(paper_counts.values())
+    if total <= 0:
+        raise DataError("table2-scaled needs tasks with Table 2 counts. Fix: check data.tasks.")
+    pairs = {name: count * (size // 2) / total for name, count in paper_counts.items()}
+    caps = {name: int(v) for name, v in pairs.items()}
+    for name in sorted(pairs, key=lambda n: (caps[n] - pairs[n], n))[: size // 2 - sum(caps.values())]:
+        caps[name] += 1
+    return {name: 2 * n for name, n in caps.items()}
+
+
 # ------------------------------------------------------------------------------------------ leakage
 def eval_instructions(prompt_sets: Iterable[str], mirror: str | os.PathLike | None = "auto") -> list[tuple[str, str, str]]:
     """``(set/group, task, instruction)`` for every instruction of the prompt sets (names or JSON/YAML paths).
@@ -384,7 +406,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     key = data_key(P)  # before reading: a file changed during the build then fails the next check
     mirror = P.run.mirror
     pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
-    caps = {p.name: p.adapter.paper_count for p in pools.pools} if P.data.task_caps == "table2" else None
+    caps = task_caps({p.name: p.adapter.paper_count for p in pools.pools}, P.data.task_caps, P.data.size)
     entries = build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement, caps, progress)
     if P.data.extra_positive_levels:  # perturbed own template as extra positives (coinlib.data.augment)
 
