@@ -117,7 +117,7 @@ def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]],
     """Every unit, in a fixed order (model, task, group, instruction); ``data`` (task -> sampled rows) keys each
     unit on the rows it is scored on."""
     tasks = next(iter(prompts.values())).keys()
-    weights = {m.label: _weights_digest(m.adapter) or "base" for m in specs}
+    weights = {m.label: weights_digest(m.adapter) or "base" for m in specs}
     rows = {t: rows_digest(data[t]) if data else "" for t in tasks}
     return [Unit(m.label, t, g, i, text, weights[m.label], get_task(t).digest, rows[t]) for m in specs for t in tasks
             for g in prompts for i, text in enumerate(prompts[g][t])]
@@ -153,7 +153,7 @@ def settings_key(P: "Params") -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _weights_digest(adapter: str | None) -> str | None:
+def weights_digest(adapter: str | None) -> str | None:
     """Digest of an adapter's weights, so a retrained adapter in the same folder is evaluated afresh."""
     if not adapter:
         return None
