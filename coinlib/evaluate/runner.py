@@ -29,7 +29,7 @@ from coinlib.core.fileio import atomic_write
 from coinlib.core.promptsets import load_prompt_set, select
 from coinlib.core.sources import repo_relative
 from coinlib.core.tasks import get_task, load_task
-from coinlib.evaluate.metrics import summarize
+from coinlib.evaluate.metrics import BASE_LABEL, summarize
 
 if TYPE_CHECKING:
     from coinlib.core.params import Params
@@ -40,7 +40,6 @@ PREDICTION_COLUMNS = [
     "model", "adapter", "task", "group", "instruction_id", "instruction", "instance_id", "gold", "prediction",
     "correct", "raw_output", "label_scores", "label_tokens",
 ]
-BASE_LABEL = "base"
 #: Version of what a cached unit holds and how it was scored, part of :func:`settings_key`: bumped when either
 #: changes, so older units are evaluated afresh rather than misread. 2: ``label_tokens`` column; ``train``-format
 #: rank scoring scores exactly the target training teaches (its EOS only with ``train.append_eos``).
