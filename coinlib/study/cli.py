@@ -38,7 +38,8 @@ from coinlib.study.store import _params_yaml, _rel, stage_times, warn_if_git_ign
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m coinlib.study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("spec", help="study spec (YAML)")
     ap.add_argument("--only", choices=["pilot"], help="only the pilot run and the go/no-go gate")
     ap.add_argument("--arms", nargs="+", help="subset of the arms")
