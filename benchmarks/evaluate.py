@@ -25,7 +25,8 @@ import time
 import torch
 from limits import matmul_limits, non_embedding_params
 
-from coinlib.core.models import bf16_is_fast, load_model
+from coinlib.core.models import load_model
+from coinlib.core.precision import bf16_is_fast
 from coinlib.core.params import ModelParams
 from coinlib.core.promptsets import load_prompt_set, select
 from coinlib.core.tasks import get_task, load_task

@@ -14,13 +14,14 @@ recipe's batch on the recipe's first entries. The first step is warm-up; the med
 Needed work per step: 4 x non-embedding parameters per real token (forward, and the backward to the inputs: the
 base weights are frozen) + 4 x vocabulary x hidden per supervised token (attention not counted). Its rate is
 printed as a share of the matmul limit of the dtype the mode computes in (benchmarks/limits.py), and the
-speed-up over ``fp32-full-head``. The bfloat16 modes run by default only where :func:`coinlib.core.models.bf16_is_fast`
+speed-up over ``fp32-full-head``. The bfloat16 modes run by default only where :func:`coinlib.core.precision.bf16_is_fast`
 (elsewhere a step takes minutes; ``--modes`` forces them).
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import statistics
 import tempfile
 import time
@@ -66,7 +67,8 @@ def needed_flop(P, data, tokenizer, model, steps: range) -> float:
 
 
 def main() -> None:
-    from coinlib.core.models import bf16_is_fast, load_model
+    from coinlib.core.models import load_model
+    from coinlib.core.precision import bf16_is_fast
     from coinlib.core.params import load_params
     from coinlib.data.pairs import load_or_build
     from coinlib.train import trainer as train_mod
@@ -100,7 +102,7 @@ def main() -> None:
                                                        "save_steps": 10_000, "report_to": [], "logging_steps": 1})})
             model, tok = load_model(P.model)
             timer = StepTimer()
-            patch = mock.patch.object(train_mod, "output_layer", lambda m: None) if not sparse else mock.MagicMock()
+            patch = mock.patch.object(train_mod, "output_layer", lambda m: None) if not sparse else nullcontext()
             with patch:
                 train_mod.train_on(P, data.select(range(args.steps * P.train.batch_size)), model, tok, [timer])
             seconds = statistics.median(timer.times[1:])

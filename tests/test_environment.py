@@ -61,7 +61,7 @@ def make_commands(target: str) -> list[list[str]]:
     """Simple commands of ``make -n -B target`` (``&&`` lists split, redirections and comments dropped)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", "-B", target], cwd=REPO_ROOT, capture_output=True, text=True,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=REPO_ROOT, capture_output=True, text=True,
                          check=True).stdout
     commands: list[list[str]] = []
     for line in out.splitlines():

@@ -37,26 +37,6 @@ def test_local_folder_and_dtype(tmp_path, smol_tokenizer):
     assert torch.equal(loaded.state_dict()["model.embed_tokens.weight"], ref)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_auto_dtype_is_resolved_from_the_hardware_when_parameters_load(monkeypatch, fast):
-    from coinlib.core.params import validate
-
-    monkeypatch.setattr(models, "bf16_is_fast", lambda device=None: fast)
-    P = validate({"run": {"name": "x"}, "model": {"name": "smollm2-135m-instruct", "dtype": "auto"}})
-    assert P.model.dtype == ("bfloat16" if fast else "float32")  # what keys, caches and params.yaml record
-    assert "dtype: auto" not in P.to_yaml()
-    assert validate({"run": {"name": "x"}, "model": {"dtype": "float32"}}).model.dtype == "float32"  # explicit wins
-
-
-def test_bf16_is_fast_follows_the_cpu_flags(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    assert not models.bf16_is_fast("cpu") and models.resolve_dtype("auto", "cpu") == "float32"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert models.bf16_is_fast("cpu") and models.resolve_dtype("auto", "cpu") == "bfloat16"
-    assert models.resolve_dtype("float16", "cpu") == "float16"
-
-
 def test_bfloat16_on_a_cpu_without_native_bf16_warns(tmp_path, smol_tokenizer, monkeypatch, caplog):
     tiny_llama(vocab_size=len(smol_tokenizer)).save_pretrained(tmp_path)
     smol_tokenizer.save_pretrained(tmp_path)

@@ -113,7 +113,7 @@ def test_units_of_an_older_cache_format_are_not_reused(tiny_dir, tmp_path, monke
 
 def test_precision_keys_the_cache_and_auto_shares_the_key_of_the_dtype_it_resolves_to(tiny_dir, tmp_path,
                                                                                       monkeypatch):
-    from coinlib.core import models
+    from coinlib.core import precision
 
     def key(dtype):
         values = _values(tiny_dir, tmp_path)
@@ -121,9 +121,9 @@ def test_precision_keys_the_cache_and_auto_shares_the_key_of_the_dtype_it_resolv
         return ev.settings_key(validate(values))
 
     assert key("bfloat16") != key("float32")  # an fp32 result is never reused as a bf16 one
-    monkeypatch.setattr(models, "bf16_is_fast", lambda device=None: True)
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device=None: True)
     assert key("auto") == key("bfloat16")
-    monkeypatch.setattr(models, "bf16_is_fast", lambda device=None: False)
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device=None: False)
     assert key("auto") == key("float32")
 
 

@@ -111,7 +111,7 @@ class ModelParams(_Section):
     def _resolved_dtype(cls, v: str) -> str:
         if v != "auto":
             return v
-        from coinlib.core.models import resolve_dtype  # imports torch: only when asked to look at the hardware
+        from coinlib.core.precision import resolve_dtype  # imports torch: only when asked to look at the hardware
 
         return resolve_dtype(v)
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from transformers import TrainerCallback
 
 from coinlib.core.fileio import atomic_write_text
-from coinlib.core.models import precision_record
+from coinlib.core.precision import precision_record
 from coinlib.core.params import Params, validate
 from coinlib.evaluate.runner import run_evaluation, weights_digest
 from coinlib.study.spec import GateSpec, RunPlan, StudyError, StudySpec, expand, pilot_plan
