@@ -11,7 +11,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "coinlib"
 #: Stage packages, lowest first: a module may import its own stage or a lower one, never a higher one.
-LAYERS = ["core", "perturb", "data", "train", "evaluate", "results", "pipeline"]
+LAYERS = ["core", "perturb", "data", "train", "evaluate", "results", "study", "pipeline"]
+#: Beyond the order (DESIGN.md section 3): stage -> module prefixes it never imports. Evaluation never needs
+#: training; results only read outputs and draw: no training, no model inference or loading, no study driver.
+FORBIDDEN = {
+    "evaluate": ("coinlib.train",),
+    "results": ("coinlib.train", "coinlib.study", "coinlib.pipeline", "coinlib.evaluate.runner",
+                "coinlib.evaluate.represent", "coinlib.evaluate.lmeval", "coinlib.evaluate.scoring",
+                "coinlib.evaluate.__main__", "coinlib.core.models"),
+}
 
 
 def _module_name(path: Path) -> str:
@@ -78,6 +86,26 @@ def test_imports_point_down_the_pipeline():
     assert upward == []
 
 
+def forbidden_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """``(module, import)`` pairs that break :data:`FORBIDDEN`."""
+    return sorted((src, dst) for src, dsts in graph.items() for dst in dsts
+                  if len(src.split(".")) > 1 and any(dst == f or dst.startswith(f + ".")
+                                                     for f in FORBIDDEN.get(src.split(".")[1], ())))
+
+
+def test_evaluate_never_imports_train_and_results_only_read_outputs():
+    assert forbidden_imports(import_graph()) == []
+
+
+def test_forbidden_imports_are_found():
+    graph = {"coinlib.evaluate.represent": {"coinlib.train.pooling"}, "coinlib.results.report": {
+        "coinlib.evaluate.runner", "coinlib.evaluate.metrics", "coinlib.study.driver"}, "coinlib.study.driver": {
+        "coinlib.train.trainer"}}
+    assert forbidden_imports(graph) == [("coinlib.evaluate.represent", "coinlib.train.pooling"),
+                                        ("coinlib.results.report", "coinlib.evaluate.runner"),
+                                        ("coinlib.results.report", "coinlib.study.driver")]
+
+
 def test_perturb_is_a_leaf_over_core():
     graph = import_graph()
     outside = {(m, d) for m, ds in graph.items() if m.startswith("coinlib.perturb") for d in ds
@@ -85,10 +113,10 @@ def test_perturb_is_a_leaf_over_core():
     assert outside == set()
 
 
-def test_top_level_holds_at_most_eight_entries():
+def test_top_level_holds_at_most_nine_entries():
     entries = [p.name for p in PKG.iterdir() if p.name != "__pycache__"]
-    assert len(entries) <= 8, entries
-    assert {"core", "data", "perturb", "train", "evaluate", "results"} <= set(entries)
+    assert len(entries) <= 9, entries
+    assert {"core", "data", "perturb", "train", "evaluate", "results", "study"} <= set(entries)
 
 
 def _code(cell: dict) -> str:

@@ -402,23 +402,24 @@ def test_two_concurrent_evaluations_of_one_run_equal_a_single_run(tiny_dir, tmp_
 _KILLED_ATTEMPT = """
 import sys, time
 from pathlib import Path
-import coinlib.results.study as study
+from coinlib.study import driver, spec as study_spec
 
 def train(P, callbacks=None):  # a training that writes a checkpoint, then runs until it is killed
     (P.run_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     Path(sys.argv[2]).touch()
     time.sleep(600)
 
-study.CLOCK_BEAT_S, study.train = 0.1, train
-spec = study.load_spec(sys.argv[1])
-study.Driver(spec)._train(study.expand(spec)[0])
+driver.CLOCK_BEAT_S, driver.train = 0.1, train
+spec = study_spec.load_spec(sys.argv[1])
+driver.Driver(spec)._train(study_spec.expand(spec)[0])
 """
 
 
 def test_resumed_training_commits_the_time_of_every_attempt(tmp_path, monkeypatch):
     """Issue 24.6: a training killed (kill -9) and resumed commits the wall time of both attempts, not the last."""
     from coinlib.core.params import PARAMS_DIR
-    from coinlib.results import study
+    from coinlib.study import driver, store
+    from coinlib.study import spec as study_spec
 
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
         {"base": str(PARAMS_DIR / "study-sentiment.yaml"), "run": {"output_root": str(tmp_path / "runs")}}))
@@ -437,10 +438,10 @@ def test_resumed_training_commits_the_time_of_every_attempt(tmp_path, monkeypatc
     time.sleep(1.5)
     proc.kill()  # SIGKILL: nothing of the attempt runs to its end
     proc.wait()
-    monkeypatch.setattr(study, "train", lambda P, callbacks=None: None)  # the resumed attempt: done at once
-    spec = study.load_spec(spec_path)
-    study.Driver(spec, log=lambda _: None)._train(study.expand(spec)[0])
-    meta = json.loads((study.stage_dir(spec, "cit-s0", "train") / "stage.json").read_text())
+    monkeypatch.setattr(driver, "train", lambda P, callbacks=None: None)  # the resumed attempt: done at once
+    spec = study_spec.load_spec(spec_path)
+    driver.Driver(spec, log=lambda _: None)._train(study_spec.expand(spec)[0])
+    meta = json.loads((store.stage_dir(spec, "cit-s0", "train") / "stage.json").read_text())
     assert meta["wall_s"] >= 1.4
 
 

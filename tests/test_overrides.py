@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-import coinlib.results.study as study
 from coinlib import pipeline
 from coinlib.core.params import PARAMS_DIR, ParamsError, load_params, parse_sets
+from coinlib.study import cli
 
 SMOKE = PARAMS_DIR / "smoke.yaml"
 SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
@@ -76,13 +76,13 @@ def test_pipeline_passes_the_overridden_values_to_every_notebook(tmp_path, monke
 def test_study_overrides_apply_to_the_recipe_of_every_arm(capsys):
     printed = {}
     for run in ("cit-s0", "coin-s0", "coin-xpos-s1:paper"):
-        assert study.main([str(SPEC), "--set", "train.lambda=10", "--set", "train.contrastive=true",
+        assert cli.main([str(SPEC), "--set", "train.lambda=10", "--set", "train.contrastive=true",
                            "--set", "evaluate.n_per_task=20", "--print-params", run]) == 0
         printed[run] = yaml.safe_load(capsys.readouterr().out)
     assert {r: p["train"]["lambda"] for r, p in printed.items()} == dict.fromkeys(printed, 10.0)
     assert {r: p["evaluate"]["n_per_task"] for r, p in printed.items()} == dict.fromkeys(printed, 20)
     # the arm's own overrides still win over the recipe's: CIT stays CIT
     assert [p["train"]["contrastive"] for p in printed.values()] == [False, True, True]
-    assert study.main([str(SPEC), "--set", "train.lambda=-1", "--plan"]) == 2
+    assert cli.main([str(SPEC), "--set", "train.lambda=-1", "--plan"]) == 2
     err = capsys.readouterr().err
     assert "with --set train.lambda=-1" in err and "train.lambda: Input should be greater than 0" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from coinlib.train.pooling import last_token_index, last_token_pool
+from coinlib.core.pooling import last_token_index, last_token_pool
 
 TEXTS = ["Is this review positive?\n\n### Response:\npositive", "Short one", "A third, medium length text"]
 

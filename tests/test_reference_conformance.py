@@ -30,7 +30,7 @@ from coinlib.train.batching import (
     truncation_report,
 )
 from coinlib.train.loss import coin_loss, contrastive_weight
-from coinlib.train.pooling import last_token_pool
+from coinlib.core.pooling import last_token_pool
 
 
 def _params(tmp_path, **train):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from coinlib.core.params import validate
-from coinlib.results import represent
-from coinlib.results.inputs import MissingInput
-from coinlib.results.represent import Representations
+from coinlib.evaluate import represent
+from coinlib.evaluate.represent import Representations
+from coinlib.results.inputs import MissingInput, role_adapters
 
 PROMPTS = {g: {"cola": [f"{g} zero: ", f"{g} one: "]} for g in represent.EVAL_GROUPS}
 
@@ -140,7 +140,8 @@ def test_extract_uses_each_runs_adapter(tiny_runs, mirror, monkeypatch):
     real_load = represent._load
     monkeypatch.setattr(represent, "_load", lambda P, adapter: loads.append(adapter) or real_load(P, adapter))
     folder = str(tiny_runs / "runs" / "coin" / "adapter")  # an adapter folder works as well as a run name
-    reps = represent.extract(P, roles={"base": "base", "cit": "cit", "coin": "coin", "again": "cit", "folder": folder})
+    reps = represent.extract(P, role_adapters(P, {"base": "base", "cit": "cit", "coin": "coin", "again": "cit",
+                                                  "folder": folder}))
     assert reps.states.shape == (5 * 5 * 4, 64)  # roles x groups x instances, hidden size
     assert reps.meta.groupby("role", sort=False).size().to_dict() == {r: 20 for r in ["base", "cit", "coin", "again", "folder"]}
     cit, coin = reps.of("cit"), reps.of("coin")
@@ -158,7 +159,7 @@ def test_extract_uses_each_runs_adapter(tiny_runs, mirror, monkeypatch):
 
 def test_extract_follows_the_instruction_index(tiny_runs, mirror):
     P = _params(tiny_runs, mirror, cit_run="cit", coin_run="coin", represent_instruction=1)
-    reps = represent.extract(P, roles={"cit": "cit"})
+    reps = represent.extract(P, role_adapters(P, {"cit": "cit"}))
     fresh = _fresh_states(tiny_runs, mirror, tiny_runs / "runs" / "cit" / "adapter", instruction_index=1)
     np.testing.assert_allclose(reps.states, fresh, atol=1e-4)
     first = _fresh_states(tiny_runs, mirror, tiny_runs / "runs" / "cit" / "adapter", instruction_index=0)
@@ -168,4 +169,4 @@ def test_extract_follows_the_instruction_index(tiny_runs, mirror):
 def test_extract_without_adapter_says_to_train_first(tiny_runs, mirror):
     P = _params(tiny_runs, mirror, cit_run="cit", coin_run="missing")
     with pytest.raises(MissingInput, match=r"run 'missing'.*02_train\.ipynb.*run\.name is 'missing'"):
-        represent.extract(P)
+        represent.extract(P, role_adapters(P))

@@ -155,7 +155,7 @@ def test_retrained_adapter_in_the_same_folder_is_not_served_from_cache(tmp_path)
     before = ev.plan_units(spec, prompts)[0].path(tmp_path)
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
     assert ev.plan_units(spec, prompts)[0].path(tmp_path) != before
-    assert ev._weights_digest(None) is None
+    assert ev.weights_digest(None) is None
 
 
 def test_shards_are_disjoint_and_complete():

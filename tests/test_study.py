@@ -16,7 +16,6 @@ import torch
 import yaml
 from scipy import stats
 
-import coinlib.results.study as study
 from coinlib.core.params import PARAMS_DIR
 from coinlib.core.sources import REPO_ROOT
 from coinlib.evaluate.compare import (
@@ -27,6 +26,8 @@ from coinlib.evaluate.compare import (
     seeds_needed,
     sign_flip_p,
 )
+from coinlib.study import cli, driver, report, store
+from coinlib.study import spec as study_spec
 
 SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
 
@@ -35,20 +36,20 @@ def test_committed_stage_outputs_are_not_git_ignored():
     """The committed folder is what a fresh clone resumes from: an ignore rule matching it loses every run."""
     if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         pytest.skip("needs git and a git checkout of the project")
-    spec = study.load_spec(SPEC)
-    paths = [study.stage_dir(spec, "coin-s0", stage) / name
+    spec = study_spec.load_spec(SPEC)
+    paths = [store.stage_dir(spec, "coin-s0", stage) / name
              for stage, name in [("train", "train_log.csv"), ("eval-train", "predictions.parquet"),
                                  ("eval-paper", "stage.json")]]
-    ignored = {str(p.relative_to(REPO_ROOT)): rule for p in paths if (rule := study.git_ignore_rule(p))}
+    ignored = {str(p.relative_to(REPO_ROOT)): rule for p in paths if (rule := store.git_ignore_rule(p))}
     assert ignored == {}, f"git ignores committed study outputs: {ignored} (fix the rule in .gitignore)"
     # the scratch folder at the top stays ignored
-    assert study.git_ignore_rule(REPO_ROOT / "runs" / "x" / "adapter") is not None
+    assert store.git_ignore_rule(REPO_ROOT / "runs" / "x" / "adapter") is not None
 
 
 # ------------------------------------------------------------------------------------------------ spec expansion
 def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
-    spec = study.load_spec(SPEC)
-    plans = study.expand(spec)
+    spec = study_spec.load_spec(SPEC)
+    plans = study_spec.expand(spec)
     arms = ["cit", "coin", "coin-xpos", "coin-l10", "coin-l100"]
     assert [p.key for p in plans] == ["base", *[f"{arm}-s{seed}" for seed in (0, 1, 2) for arm in arms]]
     by = {p.key: p for p in plans}
@@ -79,8 +80,8 @@ def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
                 assert (e.evaluate.include_base, e.evaluate.adapters) == (False, [p.train.run.name])
                 assert e.run.name == f"{p.train.run.name}-eval-{fmt}"
                 assert e.run_dir.parent / p.train.run.name == p.train.run_dir  # the runner finds the adapter
-    assert study.pilot_plan(spec).key == "cit-s0" and list(study.pilot_plan(spec).evals) == ["train", "paper"]
-    subset = study.expand(spec, arms=["coin"], seeds=[4], formats=["paper"], base_model=False)
+    assert study_spec.pilot_plan(spec).key == "cit-s0" and list(study_spec.pilot_plan(spec).evals) == ["train", "paper"]
+    subset = study_spec.expand(spec, arms=["coin"], seeds=[4], formats=["paper"], base_model=False)
     assert [(p.key, list(p.evals)) for p in subset] == [("coin-s4", ["paper"])]
 
 
@@ -111,8 +112,8 @@ def _recipe(tmp_path: Path, **sections) -> dict:
 ])
 def test_bad_spec_names_the_key_and_the_fix(tmp_path, spec, fragments):
     path = _write_spec(tmp_path, _recipe(tmp_path), **spec)
-    with pytest.raises(study.StudyError) as err:
-        study.load_spec(path)
+    with pytest.raises(study_spec.StudyError) as err:
+        study_spec.load_spec(path)
     for fragment in fragments:
         assert fragment in str(err.value)
 
@@ -124,15 +125,15 @@ def _summary(cal_acc: float) -> pd.DataFrame:
 
 
 def test_gate_stops_below_the_threshold_and_says_what_to_do():
-    gate = study.GateSpec()  # cit seed 0, train format, sst2 clean, cal_acc >= 0.75
-    low = study.gate_decision(_summary(0.745), gate)
+    gate = study_spec.GateSpec()  # cit seed 0, train format, sst2 clean, cal_acc >= 0.75
+    low = driver.gate_decision(_summary(0.745), gate)
     assert not low.passed and low.value == 0.745
     assert "GATE STOPPED" in low.message and "74.5%" in low.message and "75.0%" in low.message
     assert "--ignore-gate" in low.message and "max_steps" in low.message
-    assert study.gate_decision(_summary(0.75), gate).passed  # the threshold itself passes
-    assert not study.gate_decision(_summary(float("nan")), gate).passed
-    with pytest.raises(study.StudyError, match="no single sst2/semantic row"):
-        study.gate_decision(_summary(0.8), study.GateSpec(group="semantic"))
+    assert driver.gate_decision(_summary(0.75), gate).passed  # the threshold itself passes
+    assert not driver.gate_decision(_summary(float("nan")), gate).passed
+    with pytest.raises(study_spec.StudyError, match="no single sst2/semantic row"):
+        driver.gate_decision(_summary(0.8), study_spec.GateSpec(group="semantic"))
 
 
 # ------------------------------------------------------------------------------------------------ resume (no models)
@@ -165,9 +166,9 @@ class Fakes:
 
 
 def _fake_study(tmp_path, monkeypatch, fakes: Fakes, **spec):
-    monkeypatch.setattr(study, "train", fakes.train)
-    monkeypatch.setattr(study, "run_evaluation", fakes.evaluate)
-    return study.load_spec(_write_spec(tmp_path, _recipe(tmp_path), **spec))
+    monkeypatch.setattr(driver, "train", fakes.train)
+    monkeypatch.setattr(driver, "run_evaluation", fakes.evaluate)
+    return study_spec.load_spec(_write_spec(tmp_path, _recipe(tmp_path), **spec))
 
 
 def _wipe_local_runs(tmp_path):
@@ -180,7 +181,7 @@ def test_committed_outputs_are_done_across_sessions(tmp_path, monkeypatch):
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes)
     lines: list[str] = []
-    assert study.run_study(spec, log=lines.append) == 0
+    assert driver.run_study(spec, log=lines.append) == 0
     assert fakes.trained == ["st-cit-s0", "st-coin-s0", "st-cit-s1", "st-coin-s1"]  # the pilot first
     assert fakes.evaluated[:1] == ["st-cit-s0-eval-train"] and len(fakes.evaluated) == 2 + 4 * 2
     run = tmp_path / "committed" / "st" / "runs" / "coin-s1"
@@ -200,33 +201,33 @@ def test_committed_outputs_are_done_across_sessions(tmp_path, monkeypatch):
 
     _wipe_local_runs(tmp_path)
     again = Fakes()
-    monkeypatch.setattr(study, "train", again.train)
-    monkeypatch.setattr(study, "run_evaluation", again.evaluate)
-    assert study.run_study(spec, log=lines.append) == 0
+    monkeypatch.setattr(driver, "train", again.train)
+    monkeypatch.setattr(driver, "run_evaluation", again.evaluate)
+    assert driver.run_study(spec, log=lines.append) == 0
     assert again.trained == [] and again.evaluated == []  # nothing retrained or re-evaluated
 
     # one evaluation lost, adapter gone: that run is retrained and only the missing evaluation is run
     import shutil
 
     shutil.rmtree(run / "eval-paper")
-    assert study.run_study(spec, log=lines.append) == 0
+    assert driver.run_study(spec, log=lines.append) == 0
     assert again.trained == ["st-coin-s1"] and again.evaluated == ["st-coin-s1-eval-paper"]
     # the adapter is still in runs/: a lost evaluation is redone without training
     shutil.rmtree(run / "eval-train")
-    assert study.run_study(spec, log=lines.append) == 0
+    assert driver.run_study(spec, log=lines.append) == 0
     assert again.trained == ["st-coin-s1"] and again.evaluated[1:] == ["st-coin-s1-eval-train"]
 
 
 def test_committed_outputs_with_other_settings_are_refused_then_replaced(tmp_path, monkeypatch):
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
-    assert study.run_study(spec, log=lambda _: None) == 0
+    assert driver.run_study(spec, log=lambda _: None) == 0
     changed = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0], arms={
         "cit": {"label": "CIT", "train": {"contrastive": False}}, "coin": {"label": "COIN", "train": {"lambda": 10}}})
-    with pytest.raises(study.StudyError, match=r"(?s)coin-s0/eval-train.*train\.lambda.*--replace-stale"):
-        study.run_study(changed, log=lambda _: None)
+    with pytest.raises(study_spec.StudyError, match=r"(?s)coin-s0/eval-train.*train\.lambda.*--replace-stale"):
+        driver.run_study(changed, log=lambda _: None)
     fakes.trained.clear(), fakes.evaluated.clear()
-    assert study.run_study(changed, replace_stale=True, log=lambda _: None) == 0
+    assert driver.run_study(changed, replace_stale=True, log=lambda _: None) == 0
     assert fakes.trained == ["st-coin-s0"] and fakes.evaluated == ["st-coin-s0-eval-train", "st-coin-s0-eval-paper"]
     saved = yaml.safe_load((tmp_path / "committed/st/runs/coin-s0/train/params.yaml").read_text())
     assert saved["train"]["lambda"] == 10
@@ -237,40 +238,40 @@ def test_a_parameter_added_after_a_stage_was_committed_leaves_it_done_at_its_def
     file lacks only keys whose value is their default, and is stale when a committed value differs."""
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
-    assert study.run_study(spec, log=lambda _: None) == 0
+    assert driver.run_study(spec, log=lambda _: None) == 0
     folder = tmp_path / "committed/st/runs/coin-s0/train"
     meta = json.loads((folder / "stage.json").read_text())
     (folder / "stage.json").write_text(json.dumps({**meta, "digest": "made-before-warmup"}))
     saved = yaml.safe_load((folder / "params.yaml").read_text())
     assert saved["train"].pop("warmup_steps") == 5  # the recipe's value, not the default (0)
     (folder / "params.yaml").write_text(yaml.safe_dump(saved))
-    plan = next(p for p in study.expand(spec) if p.key == "coin-s0")
-    assert study.stale_keys(folder, plan.train) == ["train.warmup_steps"]
-    assert study.stage_state(folder, study.settings_digest(plan.train, "train"), plan.train) == "stale"
+    plan = next(p for p in study_spec.expand(spec) if p.key == "coin-s0")
+    assert store.stale_keys(folder, plan.train) == ["train.warmup_steps"]
+    assert store.stage_state(folder, store.settings_digest(plan.train, "train"), plan.train) == "stale"
     saved["train"].pop("lr_scheduler")  # absent and at its default ("linear"): not a difference
     saved["train"]["warmup_steps"] = 5
     saved["train"]["save_steps"] = 999  # a neutral key
     (folder / "params.yaml").write_text(yaml.safe_dump(saved))
-    assert study.stale_keys(folder, plan.train) == []
-    assert study.stage_state(folder, study.settings_digest(plan.train, "train"), plan.train) == "done"
-    assert study.stage_state(folder, study.settings_digest(plan.train, "train")) == "stale"  # digest alone
+    assert store.stale_keys(folder, plan.train) == []
+    assert store.stage_state(folder, store.settings_digest(plan.train, "train"), plan.train) == "done"
+    assert store.stage_state(folder, store.settings_digest(plan.train, "train")) == "stale"  # digest alone
 
 
 def test_gate_failure_stops_after_the_pilot(tmp_path, monkeypatch):
     fakes = Fakes(cal_acc={"cit-s0": 0.6})
     spec = _fake_study(tmp_path, monkeypatch, fakes)
     lines: list[str] = []
-    assert study.run_study(spec, log=lines.append) == study.GATE_FAILED
+    assert driver.run_study(spec, log=lines.append) == driver.GATE_FAILED
     assert fakes.trained == ["st-cit-s0"] and fakes.evaluated == ["st-cit-s0-eval-train"]
     assert any("GATE STOPPED" in line and "60.0%" in line for line in lines)
-    assert study.run_study(spec, ignore_gate=True, log=lines.append) == 0
+    assert driver.run_study(spec, ignore_gate=True, log=lines.append) == 0
     assert len(fakes.trained) == 4 and len(fakes.evaluated) == 10
 
 
 def test_only_pilot_runs_the_pilot_in_every_format(tmp_path, monkeypatch):
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes)
-    assert study.run_study(spec, only="pilot", log=lambda _: None) == 0
+    assert driver.run_study(spec, only="pilot", log=lambda _: None) == 0
     assert fakes.trained == ["st-cit-s0"] and fakes.evaluated == ["st-cit-s0-eval-train", "st-cit-s0-eval-paper"]
 
 
@@ -285,8 +286,8 @@ def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):
         return fakes.train(P)
 
     spec = _fake_study(tmp_path, monkeypatch, fakes)
-    monkeypatch.setattr(study, "train", train)
-    assert study.run_study(spec, log=lambda _: None) == 0
+    monkeypatch.setattr(driver, "train", train)
+    assert driver.run_study(spec, log=lambda _: None) == 0
     expected = {}
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -298,13 +299,13 @@ def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):
 def test_plan_estimates_the_time_left_from_committed_stage_times(tmp_path, monkeypatch, capsys):
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
-    assert study.main([spec.source, "--only", "pilot"]) == 0
+    assert cli.main([spec.source, "--only", "pilot"]) == 0
     for stage, wall in (("train", 600.0), ("eval-train", 120.0), ("eval-paper", 60.0)):
-        meta = study.stage_dir(spec, "cit-s0", stage) / "stage.json"
+        meta = store.stage_dir(spec, "cit-s0", stage) / "stage.json"
         meta.write_text(json.dumps({**json.loads(meta.read_text()), "wall_s": wall}))
-    assert study.stage_times(spec) == {"train": 600.0, "eval-train": 120.0, "eval-paper": 60.0}
+    assert store.stage_times(spec) == {"train": 600.0, "eval-train": 120.0, "eval-paper": 60.0}
     capsys.readouterr()
-    assert study.main([spec.source, "--plan"]) == 0
+    assert cli.main([spec.source, "--plan"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("to do: eval-train, eval-paper (about 3 min)")  # the base model: evaluations only
     assert lines[2].endswith("to do: train, eval-train, eval-paper (about 13 min)")
@@ -314,18 +315,18 @@ def test_plan_estimates_the_time_left_from_committed_stage_times(tmp_path, monke
 def test_command_line_plan_and_params(tmp_path, monkeypatch, capsys):
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
-    assert study.main([spec.source, "--only", "pilot"]) == 0
+    assert cli.main([spec.source, "--only", "pilot"]) == 0
     capsys.readouterr()
-    assert study.main([spec.source, "--plan"]) == 0
+    assert cli.main([spec.source, "--plan"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["base", "cit-s0", "coin-s0"]
     assert lines[1].endswith("done") and "to do: train, eval-train, eval-paper" in lines[2]
-    assert study.main([spec.source, "--base-only", "--plan"]) == 0
+    assert cli.main([spec.source, "--base-only", "--plan"]) == 0
     assert capsys.readouterr().out.split() == ["base", "to", "do:", "eval-train,", "eval-paper"]
-    assert study.main([spec.source, "--print-params", "coin-s0:paper"]) == 0
+    assert cli.main([spec.source, "--print-params", "coin-s0:paper"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["run"]["name"] == "st-coin-s0-eval-paper" and printed["evaluate"]["input_format"] == "paper"
-    assert study.main([spec.source, "--arms", "nope"]) == 2
+    assert cli.main([spec.source, "--arms", "nope"]) == 2
 
 
 def test_the_driver_warns_when_git_would_ignore_the_committed_outputs(tmp_path, monkeypatch, capsys):
@@ -337,16 +338,16 @@ def test_the_driver_warns_when_git_would_ignore_the_committed_outputs(tmp_path, 
     (tmp_path / ".gitignore").write_text("runs/\n", encoding="utf-8")
     fakes = Fakes()
     spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0])
-    assert study.git_ignore_rule(study.stage_dir(spec, "cit-s0", "train") / "stage.json") == ".gitignore:1:runs/"
-    assert study.main([spec.source, "--plan"]) == 0
+    assert store.git_ignore_rule(store.stage_dir(spec, "cit-s0", "train") / "stage.json") == ".gitignore:1:runs/"
+    assert cli.main([spec.source, "--plan"]) == 0
     out = capsys.readouterr().out
     assert "warning: git ignores the committed outputs" in out and ".gitignore:1:runs/" in out and "'/runs/'" in out
     logged: list[str] = []
-    assert study.run_study(spec, only="pilot", log=logged.append) == 0
+    assert driver.run_study(spec, only="pilot", log=logged.append) == 0
     assert "git ignores" in logged[0] and fakes.trained  # a warning, not a stop
     (tmp_path / ".gitignore").write_text("/runs/\n", encoding="utf-8")  # anchored: only the scratch folder
-    assert study.warn_if_git_ignored(spec, logged.append) is None
-    assert study.git_ignore_rule(tmp_path / "runs" / "x") == ".gitignore:1:/runs/"
+    assert store.warn_if_git_ignored(spec, logged.append) is None
+    assert store.git_ignore_rule(tmp_path / "runs" / "x") == ".gitignore:1:/runs/"
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -410,8 +411,8 @@ def test_dry_run_on_the_tiny_model_commits_the_layout_and_the_report(tmp_path, t
                             "logging_steps": 1, "cutoff_len": 64},
                      evaluate={"n_per_task": 4, "groups": ["clean", "checklist"], "n_instructions": 1,
                                "batch_size": 4})
-    spec = study.load_spec(_write_spec(tmp_path, recipe, gate={"threshold": 0.0}))
-    assert study.run_study(spec, log=lambda _: None) == 0
+    spec = study_spec.load_spec(_write_spec(tmp_path, recipe, gate={"threshold": 0.0}))
+    assert driver.run_study(spec, log=lambda _: None) == 0
     root = tmp_path / "committed" / "st"
     assert sorted(p.name for p in (root / "runs").iterdir()) == ["base", "cit-s0", "cit-s1", "coin-s0", "coin-s1"]
     for key in ("cit-s0", "coin-s1"):
@@ -426,13 +427,13 @@ def test_dry_run_on_the_tiny_model_commits_the_layout_and_the_report(tmp_path, t
     key = ["group", "instruction_id", "instance_id"]
     assert preds["cit-s0"][key].sort_values(key).equals(preds["cit-s1"][key].sort_values(key))  # one sample
     assert not preds["cit-s0"]["label_scores"].equals(preds["cit-s1"]["label_scores"])  # the seed changes training
-    report = study.write_report(spec)
-    runs = report["runs"]
+    written = report.write_report(spec)
+    runs = written["runs"]
     assert len(runs) == 5 * 2 and (runs["status"] == "done").all() and runs.loc[runs.arm != "base", "steps"].eq(2).all()
-    per_seed = report["per_seed"]
+    per_seed = written["per_seed"]
     assert sorted(set(zip(per_seed["format"], per_seed["seed"]))) == [("paper", 0), ("paper", 1), ("train", 0),
                                                                       ("train", 1)]
-    assert (report["across"]["n_seeds"] == 2).all()
+    assert (written["across"]["n_seeds"] == 2).all()
     for name in ("study_runs.csv", "study_per_seed.csv", "study_across_seeds.csv", "study.md",
                  "seed_differences_train.png", "seed_differences_paper.pdf"):
         assert (root / name).is_file(), name
@@ -451,20 +452,20 @@ def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_t
     full = make_params(tmp_path, "full", max_steps=4)
     train_mod.train_on(full, data, fresh_model(smol_tokenizer), smol_tokenizer)
     part = make_params(tmp_path, "part", max_steps=4)
-    folder, clock = tmp_path / "committed" / "runs" / "part" / study.PROGRESS, part.run_dir / "study_train.json"
+    folder, clock = tmp_path / "committed" / "runs" / "part" / store.PROGRESS, part.run_dir / "study_train.json"
     clock.parent.mkdir(parents=True)
     clock.write_text(json.dumps({"digest": "d", "attempts_s": [5.0]}))
-    keeper = study.ProgressKeeper(folder, "d", clock)
+    keeper = driver.ProgressKeeper(folder, "d", clock)
     with pytest.raises(_Kill.Killed):
         train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper, _Kill(3)])
     assert json.loads((folder / "stage.json").read_text())["step"] == 2
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "optimizer.pt").is_file()
     shutil.rmtree(part.run_dir)  # a fresh clone: no checkpoint, no attempt times
-    assert study.restore_progress(folder, "other settings", part.run_dir / "checkpoints", clock) is None
-    restored = study.restore_progress(folder, "d", part.run_dir / "checkpoints", clock)
+    assert store.restore_progress(folder, "other settings", part.run_dir / "checkpoints", clock) is None
+    restored = store.restore_progress(folder, "d", part.run_dir / "checkpoints", clock)
     assert restored == part.run_dir / "checkpoints" / "checkpoint-2"
     assert json.loads(clock.read_text())["attempts_s"] == [5.0]  # the earlier session's time is kept
-    assert study.restore_progress(folder, "d", part.run_dir / "checkpoints", clock) is None  # local is as new
+    assert store.restore_progress(folder, "d", part.run_dir / "checkpoints", clock) is None  # local is as new
     train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper])
     a, b = adapter_weights(full.run_dir / "adapter"), adapter_weights(part.run_dir / "adapter")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

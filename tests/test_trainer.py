@@ -19,7 +19,7 @@ from coinlib.core.params import load_params, validate
 from coinlib.train import trainer as train_mod
 from coinlib.train.batching import PairCollator, encode_entries
 from coinlib.train.loss import coin_loss
-from coinlib.train.pooling import last_token_pool
+from coinlib.core.pooling import last_token_pool
 
 
 def make_params(tmp_path, name="t", model=None, **train):

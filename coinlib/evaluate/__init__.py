@@ -1,2 +1,2 @@
-"""Stage 3, robustness evaluation: scoring modes, the cached runner, metrics, paired comparison and its command
-line (``python -m coinlib.evaluate params/X.yaml``)."""
+"""Stage 3, robustness evaluation: scoring modes, the cached runner, metrics, paired comparison, hidden-state
+representations and their command line (``python -m coinlib.evaluate params/X.yaml``)."""

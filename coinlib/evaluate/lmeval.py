@@ -36,8 +36,8 @@ from coinlib.core.models import ModelUnavailable
 from coinlib.core.params import EVAL_GROUPS
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
 from coinlib.core.tasks import get_task, load_task, task_names
-from coinlib.evaluate.metrics import summarize as summarize_predictions
-from coinlib.evaluate.runner import BASE_LABEL, PREDICTION_COLUMNS
+from coinlib.evaluate.metrics import BASE_LABEL, summarize as summarize_predictions
+from coinlib.evaluate.runner import PREDICTION_COLUMNS
 from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, label_token_ids, parse_label
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,8 @@ import json
 import numpy as np
 import pandas as pd
 
+#: ``model`` label of the base model without adapter in predictions and summaries.
+BASE_LABEL = "base"
 UNIT = ["model", "task", "group"]
 LABEL_FREE_COLUMNS = ["auc", "std_auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal", "margin_sd", "posix"]
 SUMMARY_COLUMNS = [

@@ -29,7 +29,7 @@ from coinlib.core.fileio import atomic_write
 from coinlib.core.promptsets import load_prompt_set, select
 from coinlib.core.sources import repo_relative
 from coinlib.core.tasks import get_task, load_task
-from coinlib.evaluate.metrics import summarize
+from coinlib.evaluate.metrics import BASE_LABEL, summarize
 
 if TYPE_CHECKING:
     from coinlib.core.params import Params
@@ -40,7 +40,6 @@ PREDICTION_COLUMNS = [
     "model", "adapter", "task", "group", "instruction_id", "instruction", "instance_id", "gold", "prediction",
     "correct", "raw_output", "label_scores", "label_tokens",
 ]
-BASE_LABEL = "base"
 #: Version of what a cached unit holds and how it was scored, part of :func:`settings_key`: bumped when either
 #: changes, so older units are evaluated afresh rather than misread. 2: ``label_tokens`` column; ``train``-format
 #: rank scoring scores exactly the target training teaches (its EOS only with ``train.append_eos``).
@@ -117,7 +116,7 @@ def plan_units(specs: list[ModelSpec], prompts: dict[str, dict[str, list[str]]],
     """Every unit, in a fixed order (model, task, group, instruction); ``data`` (task -> sampled rows) keys each
     unit on the rows it is scored on."""
     tasks = next(iter(prompts.values())).keys()
-    weights = {m.label: _weights_digest(m.adapter) or "base" for m in specs}
+    weights = {m.label: weights_digest(m.adapter) or "base" for m in specs}
     rows = {t: rows_digest(data[t]) if data else "" for t in tasks}
     return [Unit(m.label, t, g, i, text, weights[m.label], get_task(t).digest, rows[t]) for m in specs for t in tasks
             for g in prompts for i, text in enumerate(prompts[g][t])]
@@ -153,7 +152,7 @@ def settings_key(P: "Params") -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _weights_digest(adapter: str | None) -> str | None:
+def weights_digest(adapter: str | None) -> str | None:
     """Digest of an adapter's weights, so a retrained adapter in the same folder is evaluated afresh."""
     if not adapter:
         return None

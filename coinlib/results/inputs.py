@@ -102,6 +102,15 @@ def role_runs(P: "Params") -> dict[str, str]:
     return runs
 
 
+
+def role_adapters(P: "Params", roles: dict[str, str] | None = None) -> dict[str, tuple[str, Path | None]]:
+    """``role -> (run, adapter folder)`` of ``roles`` (``role -> run``; default :func:`role_runs`; adapter None for a
+    run named ``base``: the base model; a run may also be an adapter folder),
+    for :func:`coinlib.evaluate.represent.extract`; :class:`MissingInput` before any model is loaded when an adapter
+    is absent."""
+    return {role: (run, None if run == "base" else require_adapter(P, run, f"the {role} model (run {run!r})"))
+            for role, run in (roles or role_runs(P)).items()}
+
 def lambda_runs(P: "Params") -> dict[float, str]:
     """``analysis.lambda_runs`` as ``{lambda: run}`` sorted by lambda; checks each run's recorded lambda if known."""
     if not P.analysis.lambda_runs:

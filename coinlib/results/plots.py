@@ -144,7 +144,7 @@ def plot_paired_difference(paired: pd.DataFrame) -> plt.Figure:
 def plot_umap(points: pd.DataFrame, model: str) -> plt.Figure:
     """Figure 4: UMAP of last-token representations coloured by perturbation group, one panel per role (CIT, COIN).
 
-    ``points``: output of :func:`coinlib.results.represent.umap_points`; ``model``: base model name, for the titles.
+    ``points``: output of :func:`coinlib.evaluate.represent.umap_points`; ``model``: base model name, for the titles.
     """
     use_style()
     panels = list(dict.fromkeys(zip(points["role"], points["run"])))

@@ -23,7 +23,7 @@ from coinlib.core.fileio import atomic_write_text
 from coinlib.core.params import EVAL_GROUPS
 from coinlib.core.reference import PAPER_MODEL
 from coinlib.evaluate.compare import paired_bootstrap
-from coinlib.evaluate.runner import BASE_LABEL
+from coinlib.evaluate.metrics import BASE_LABEL
 from coinlib.results import tables
 from coinlib.results.inputs import (
     MissingInput,

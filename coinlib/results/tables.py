@@ -228,7 +228,7 @@ def _p(v: float) -> str:
 
 
 def study_runs_table(runs: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Display layout of the study's run list (:func:`coinlib.results.study.committed_runs`): every run and format,
+    """Display layout of the study's run list (:func:`coinlib.study.report.committed_runs`): every run and format,
     done or not, with wall times in minutes and headline metrics in %."""
     def minutes(v):
         return "–" if v is None or pd.isna(v) else f"{v / 60:.1f}"

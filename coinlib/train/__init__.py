@@ -1,2 +1,2 @@
-"""Stage 2, training: batching, the COIN loss, LoRA, pooling, the HF Trainer subclass and its command line
+"""Stage 2, training: batching, the COIN loss, LoRA, the HF Trainer subclass and its command line
 (``python -m coinlib.train params/X.yaml``)."""

@@ -42,7 +42,7 @@ from coinlib.train.batching import (
 )
 from coinlib.train.lora import attach_lora
 from coinlib.train.loss import coin_loss, gather_embeddings, symmetric_info_nce
-from coinlib.train.pooling import last_token_pool
+from coinlib.core.pooling import last_token_pool
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Hidden representations of one instruction and its perturbed variants (paper section 5.1, Figure 4).
+"""Hidden representations (model inference) of one instruction and its perturbed variants (paper section 5.1, Figure 4).
 
 For N instances of one task (the evaluation's own sample) and the instruction at index ``analysis.represent_instruction``
 of each group (clean, deepwordbug, textfooler, checklist, semantic), the input is rendered as in evaluation and the
@@ -14,6 +14,7 @@ Two numbers summarise what the UMAP picture shows, per model:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from coinlib.core.params import EVAL_GROUPS
-from coinlib.train.pooling import last_token_pool
+from coinlib.core.pooling import last_token_pool
 
 if TYPE_CHECKING:
     from coinlib.core.params import Params
@@ -142,22 +143,17 @@ def umap_points(reps: Representations, seed: int = 0, n_neighbors: int = 15) -> 
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
-def extract(P: "Params", roles: dict[str, str] | None = None) -> Representations:
-    """Representations for each ``role -> run`` (default: ``analysis.cit_run`` and ``analysis.coin_run``).
+def extract(P: "Params", roles: dict[str, tuple[str, Path | None]]) -> Representations:
+    """Representations for each ``role -> (run, adapter folder)``; adapter None means the base model without adapter
+    (:func:`coinlib.results.inputs.role_adapters` gives ``analysis.cit_run`` and ``analysis.coin_run``, checked).
 
-    Loads the base model once per distinct run with that run's adapter (``runs/<run>/adapter``); a run named
-    ``base`` means the base model without adapter. Missing adapters raise
-    :class:`coinlib.results.inputs.MissingInput` before any model is loaded.
+    Loads the base model once per distinct run with that run's adapter.
     """
     from coinlib.core.models import load_tokenizer
     from coinlib.core.promptsets import load_prompt_set
     from coinlib.core.tasks import load_task
     from coinlib.evaluate.scoring import format_input
-    from coinlib.results.inputs import require_adapter, role_runs
 
-    roles = roles or role_runs(P)
-    adapters = {run: None if run == "base" else require_adapter(P, run, f"the {role} model (run {run!r})")
-                for role, run in roles.items()}
     task, fmt = P.analysis.represent_task, P.evaluate.input_format
     variants = instruction_variants(load_prompt_set(P.evaluate.prompt_set, P.run.mirror), task,
                                     P.analysis.represent_instruction)
@@ -165,14 +161,14 @@ def extract(P: "Params", roles: dict[str, str] | None = None) -> Representations
     tokenizer = load_tokenizer(P.model.name, P.model.revision, P.model.trust_remote_code)
     inputs = variant_inputs(instances, variants, lambda instr, content: format_input(instr, content, fmt, tokenizer))
     cache: dict[str, np.ndarray] = {}
-    for role, run in roles.items():
+    for role, (run, adapter) in roles.items():
         if run not in cache:
-            model, tokenizer = _load(P, adapters[run])
+            model, tokenizer = _load(P, adapter)
             cache[run] = last_token_states(model, tokenizer, list(inputs["text"]), P.evaluate.batch_size,
                                            add_special_tokens=fmt != "chat", desc=f"{role} ({run})")
             del model
-    meta = pd.concat([inputs.assign(role=role, run=run) for role, run in roles.items()], ignore_index=True)
-    states = np.concatenate([cache[run] for run in roles.values()])
+    meta = pd.concat([inputs.assign(role=role, run=run) for role, (run, _) in roles.items()], ignore_index=True)
+    states = np.concatenate([cache[run] for run, _ in roles.values()])
     return Representations(meta[["role", "run", "group", "instance_id", "label"]], states)
 
 

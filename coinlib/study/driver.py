@@ -1,0 +1,285 @@
+"""The driver: runs a study's stages (training, then one evaluation per input format), skipping committed
+ones, timing each over its attempts; the pilot and its go/no-go gate first."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import pandas as pd
+import yaml
+from tqdm import tqdm
+from transformers import TrainerCallback
+
+from coinlib.core.fileio import atomic_write_text
+from coinlib.core.precision import precision_record
+from coinlib.core.params import Params, validate
+from coinlib.evaluate.runner import run_evaluation, weights_digest
+from coinlib.study.spec import GateSpec, RunPlan, StudyError, StudySpec, expand, pilot_plan
+from coinlib.study.store import (
+    PROGRESS,
+    _params_yaml,
+    _rel,
+    _sections,
+    commit_stage,
+    restore_progress,
+    save_progress,
+    settings_digest,
+    stage_dir,
+    stage_state,
+    stale_keys,
+    warn_if_git_ignored,
+)
+from coinlib.train.trainer import train
+
+GATE_FAILED = 3
+#: Seconds between two records of a running attempt's wall time (what an attempt killed outright can leave uncounted).
+CLOCK_BEAT_S = 10.0
+
+
+class ProgressKeeper(TrainerCallback):
+    """Commits the newest checkpoint after every save (:func:`save_progress`)."""
+
+    def __init__(self, folder: Path, digest: str, clock: Path):
+        self.folder, self.digest, self.clock = folder, digest, clock
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            save_progress(checkpoint, self.folder, self.digest, self.clock)
+
+
+
+def _meta(digest: str, wall_s: float, adapter: Optional[str], command: str, P: Params) -> dict[str, Any]:
+    return {"digest": digest, "wall_s": round(wall_s, 1), "finished_utc": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "adapter_digest": weights_digest(adapter) if adapter else None,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "command": command,
+            "precision": precision_record(P.model.dtype)}
+
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    value: float
+    message: str
+
+
+def gate_decision(summary: pd.DataFrame, gate: GateSpec, where: str = "pilot", fix: str = "") -> GateDecision:
+    """Whether the pilot's evaluation ``summary`` reaches the gate; the message states the evidence and what to do."""
+    rows = summary[(summary["task"] == gate.task) & (summary["group"] == gate.group)]
+    if len(rows) != 1 or gate.metric not in rows.columns:
+        raise StudyError(f"{where}: the summary has no single {gate.task}/{gate.group} row with {gate.metric!r}. "
+                         "Fix: the gate's task and group must be evaluated (evaluate.tasks, evaluate.groups).")
+    value = float(rows[gate.metric].iloc[0])
+    what = (f"{gate.arm} seed {gate.seed}, {gate.format} format, {gate.task} {gate.group} instructions: "
+            f"{gate.metric} {100 * value:.1f}% (gate {100 * gate.threshold:.1f}%)")
+    if value >= gate.threshold:
+        return GateDecision(True, value, f"GATE PASSED: {what}; continuing with the other runs.")
+    return GateDecision(False, value, (
+        f"GATE STOPPED THE STUDY: {what}. The pilot model does not separate the labels well enough for instruction "
+        f"sensitivity to be measured. Fix: strengthen the recipe {fix}(more train.max_steps or data.size; the pilot is "
+        "then redone with --replace-stale), or pass --ignore-gate to spend the rest anyway."))
+
+
+class StageClock:
+    """Wall time of a stage summed over its attempts (a killed training or evaluation resumes where it stopped), kept
+    in ``path`` as ``{"digest": settings, "attempts_s": [...]}``. A running attempt is recorded every
+    :data:`CLOCK_BEAT_S` seconds, so one killed outright still counts up to its last record."""
+
+    def __init__(self, path: Path, digest: str):
+        self.path, self.digest = path, digest
+
+    def attempts(self) -> list[float]:
+        """The recorded attempts of these settings (none when the file is absent, unreadable or of other settings)."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        if "attempts_s" not in saved:  # written before attempts were summed: the one timed attempt
+            return [saved["wall_s"]] if "wall_s" in saved else []
+        return list(saved["attempts_s"]) if saved.get("digest") == self.digest else []
+
+    def total(self) -> float:
+        """Seconds of every recorded attempt together (NaN when none is recorded)."""
+        recorded = self.attempts()
+        return sum(recorded) if recorded else float("nan")
+
+    @contextmanager
+    def attempt(self, fresh: bool) -> Iterator[None]:
+        """Time one attempt; ``fresh`` when the stage starts from nothing (earlier attempts then no longer count)."""
+        before, start, stop = ([] if fresh else self.attempts()), time.perf_counter(), threading.Event()
+
+        def record() -> None:
+            atomic_write_text(self.path, json.dumps({"digest": self.digest,
+                                                     "attempts_s": [*before, time.perf_counter() - start]}))
+
+        def beat() -> None:
+            while not stop.wait(CLOCK_BEAT_S):
+                record()
+
+        record()
+        beating = threading.Thread(target=beat, name=f"clock {self.path.name}", daemon=True)
+        beating.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beating.join()
+            record()
+
+
+class Driver:
+    """Runs plans stage by stage, skipping committed stages; one log line per finished stage."""
+
+    def __init__(self, spec: StudySpec, replace_stale: bool = False, log: Callable[[str], None] = tqdm.write):
+        self.spec, self.replace_stale, self.log = spec, replace_stale, log
+        self.bar: Optional[tqdm] = None
+
+    # -- status
+    def pending(self, plan: RunPlan, formats: Optional[Iterable[str]] = None) -> list[str]:
+        """Stages of ``plan`` left to do (of ``formats`` only, when given): ``train`` (only when an evaluation left
+        needs the adapter, or the adapter is ready but its stage is not committed), then ``eval-<format>``.
+        Committed stages with other settings raise :class:`StudyError` unless ``replace_stale``."""
+        todo, stale = [], []
+        for fmt, Pe in plan.evals.items():
+            if formats is not None and fmt not in formats:
+                continue
+            folder = stage_dir(self.spec, plan.key, f"eval-{fmt}")
+            state = stage_state(folder, settings_digest(Pe, "evaluate", plan.train), Pe)
+            if state == "stale" and not self.replace_stale:
+                stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pe)) or 'training settings'})")
+            if state != "done":
+                todo.append(f"eval-{fmt}")
+        if plan.train is not None and todo:
+            folder = stage_dir(self.spec, plan.key, "train")
+            state = stage_state(folder, settings_digest(plan.train, "train"), plan.train)
+            if state == "stale" and not self.replace_stale:
+                stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, plan.train))})")
+            if state != "done" or not self._adapter_ready(plan.train):
+                todo.insert(0, "train")
+        if stale:
+            raise StudyError("committed outputs were made with other settings:\n  " + "\n  ".join(stale) + "\nFix: "
+                             "restore those settings, or pass --replace-stale to redo these stages (the old "
+                             "outputs are replaced when the new ones are committed).")
+        return todo
+
+    @staticmethod
+    def _adapter_ready(P: Params) -> bool:
+        """Whether ``runs/<run>/adapter`` holds a finished adapter trained with ``P``'s settings."""
+        saved = P.run_dir / "adapter" / "coin_params.yaml"
+        if not (P.run_dir / "adapter" / "adapter_model.safetensors").is_file() or not saved.is_file():
+            return False
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        return _sections(validate({**old, "base": None}), "train") == _sections(P, "train")
+
+    # -- stages
+    def run_plan(self, plan: RunPlan, formats: Optional[Iterable[str]] = None) -> None:
+        """Every pending stage of ``plan`` (of ``formats`` only, when given), training first."""
+        for stage in self.pending(plan, formats):
+            if stage == "train":
+                self._train(plan)
+            else:
+                self._evaluate(plan, stage.removeprefix("eval-"))
+
+    def _train(self, plan: RunPlan) -> None:
+        from transformers import set_seed
+
+        P = plan.train
+        digest = settings_digest(P, "train")
+        clock_file = P.run_dir / "study_train.json"
+        callbacks = []
+        if self.spec.commit_progress:
+            progress = stage_dir(self.spec, plan.key, PROGRESS)
+            restored = restore_progress(progress, digest, P.run_dir / "checkpoints", clock_file)
+            if restored is not None:
+                self.log(f"[study] {plan.key}: resuming from the committed {_rel(progress)} ({restored.name})")
+            callbacks.append(ProgressKeeper(progress, digest, clock_file))
+        clock = StageClock(clock_file, digest)  # made the local adapter
+        if not self._adapter_ready(P):
+            with clock.attempt(fresh=not any((P.run_dir / "checkpoints").glob("checkpoint-*"))):
+                set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed
+                train(P, callbacks=callbacks)
+        wall = clock.total()
+        folder = stage_dir(self.spec, plan.key, "train")
+        files: dict[str, Path | str] = {"params.yaml": _params_yaml(P)}
+        if (P.run_dir / "train_log.csv").is_file():
+            files["train_log.csv"] = P.run_dir / "train_log.csv"
+        commit_stage(folder, files, _meta(settings_digest(P, "train"), wall, str(P.run_dir / "adapter"),
+                                          self._command(plan), P))
+        self._done(plan.key, "train", wall, folder)
+
+    def _evaluate(self, plan: RunPlan, fmt: str) -> None:
+        Pe = plan.evals[fmt]
+        clock = StageClock(Pe.run_dir / "study_eval.json", settings_digest(Pe, "evaluate", plan.train))
+        with clock.attempt(fresh=not any((Pe.run_dir / "eval" / "cache").rglob("*.parquet"))):
+            run_evaluation(Pe, rank=0, world_size=1)
+        wall = clock.total()
+        out = Pe.run_dir / "eval"
+        folder = stage_dir(self.spec, plan.key, f"eval-{fmt}")
+        adapter = str(plan.train.run_dir / "adapter") if plan.train is not None else None
+        commit_stage(folder, {"params.yaml": _params_yaml(Pe), "summary.csv": out / "summary.csv",
+                              "predictions.parquet": out / "predictions.parquet"},
+                     _meta(settings_digest(Pe, "evaluate", plan.train), wall, adapter, self._command(plan, fmt), Pe))
+        self._done(plan.key, f"eval-{fmt}", wall, folder)
+
+    def _command(self, plan: RunPlan, fmt: Optional[str] = None) -> str:
+        src = self.spec.source or "SPEC"
+        parts = ["python -m coinlib.study", _rel(src)]
+        if plan.train is None:
+            parts.append("--base-only")
+        else:
+            parts += ["--arms", plan.arm, "--seeds", str(plan.seed), "--no-base"]
+        if fmt:
+            parts += ["--formats", fmt]
+        return " ".join(parts)
+
+    def _done(self, key: str, stage: str, wall: float, folder: Path) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        self.log(f"[study] {key} {stage} finished in {wall:.0f} s -> {_rel(folder)}")
+
+    def gate(self) -> GateDecision:
+        g = self.spec.gate
+        folder = stage_dir(self.spec, f"{g.arm}-s{g.seed}", f"eval-{g.format}")
+        if not (folder / "summary.csv").is_file():
+            raise StudyError(f"the pilot's {g.format}-format evaluation is not committed ({folder}); run --only pilot")
+        fix = f"in {_rel(self.spec.params_path)} "
+        return gate_decision(pd.read_csv(folder / "summary.csv"), g, str(folder), fix)
+
+
+def run_study(spec: StudySpec, only: Optional[str] = None, arms: Optional[list[str]] = None,
+              seeds: Optional[list[int]] = None, formats: Optional[list[str]] = None, base_model: bool | None = None,
+              ignore_gate: bool = False, replace_stale: bool = False,
+              log: Callable[[str], None] = tqdm.write) -> int:
+    """The pilot and the gate first (unless ``ignore_gate``), then every other planned stage not yet committed.
+
+    ``only="pilot"``: the pilot alone. Returns 0 when done, :data:`GATE_FAILED` when the gate stopped the study.
+    """
+    warn_if_git_ignored(spec, log)
+    driver = Driver(spec, replace_stale, log)
+    pilot = pilot_plan(spec)
+    plans = [] if only == "pilot" else expand(spec, arms, seeds, formats, base_model)
+    gate_first = not ignore_gate or only == "pilot"
+    total = (len(driver.pending(pilot)) if gate_first else 0) + sum(
+        len(driver.pending(p)) for p in plans if not (gate_first and p.key == pilot.key))
+    with tqdm(total=total, desc=f"study {spec.name}", unit="stage", dynamic_ncols=True) as bar:
+        driver.bar = bar
+        if gate_first:
+            driver.run_plan(pilot, [spec.gate.format])
+            decision = driver.gate()
+            log(f"[study] {decision.message}")
+            if not decision.passed and not ignore_gate:
+                return GATE_FAILED
+            if only == "pilot":
+                driver.run_plan(pilot)
+        for plan in plans:
+            driver.run_plan(plan)
+    return 0

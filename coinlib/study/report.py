@@ -1,0 +1,92 @@
+"""The study's report from its committed outputs: the run list, paired comparisons within each seed, their
+summary across seeds, tables and figure."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import pandas as pd
+
+from coinlib.core.fileio import atomic_write_text
+from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
+from coinlib.study.spec import BASE_KEY, StudySpec
+from coinlib.study.store import _read_meta
+
+
+def committed_runs(spec: StudySpec) -> pd.DataFrame:
+    """Every run x format of the spec (and any other seed found committed): status, wall times, headline metrics."""
+    root = spec.committed_dir / "runs"
+    keys = [(BASE_KEY, BASE_KEY, None)] if spec.base_model else []
+    found = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    for arm in spec.arms:
+        extra = sorted(int(m.group(1)) for k in found if (m := re.fullmatch(rf"{re.escape(arm)}-s(\d+)", k)))
+        keys += [(f"{arm}-s{s}", arm, s) for s in sorted(set(spec.seeds) | set(extra))]
+    rows = []
+    for key, arm, seed in keys:
+        train_meta = _read_meta(root / key / "train")
+        log = root / key / "train" / "train_log.csv"
+        steps = int(pd.read_csv(log)["step"].max()) if log.is_file() else None
+        for fmt in spec.formats:
+            folder = root / key / f"eval-{fmt}"
+            meta = _read_meta(folder)
+            row = dict(run=key, arm=arm, seed=seed, format=fmt, status="done" if meta else "not run",
+                       steps=steps, train_s=train_meta.get("wall_s"), eval_s=meta.get("wall_s"))
+            if meta:
+                row.update(_headline(pd.read_csv(folder / "summary.csv")))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+
+def _headline(summary: pd.DataFrame) -> dict[str, float]:
+    """Averages over tasks and groups of a summary (flip rates over the perturbed groups); clean calibrated accuracy."""
+    clean = summary[summary["group"] == "clean"]
+    return dict(acc=summary["mean_acc"].mean(), cal_acc=summary["cal_acc"].mean(), auc=summary["auc"].mean(),
+                std_cal_acc=summary["std_cal_acc"].mean(), flip_rate_cal=summary["flip_rate_cal"].mean(),
+                clean_cal_acc=clean["cal_acc"].mean())
+
+
+def load_committed_predictions(spec: StudySpec, key: str, fmt: str, label: str) -> Optional[pd.DataFrame]:
+    """A committed evaluation's predictions with the model relabelled ``label`` (None when not committed)."""
+    path = spec.committed_dir / "runs" / key / f"eval-{fmt}" / "predictions.parquet"
+    return pd.read_parquet(path).assign(model=label) if path.is_file() else None
+
+
+def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
+    """Paired bootstrap (:func:`coinlib.evaluate.compare.paired_bootstrap`) of each arm against the reference within
+    each seed and format, in :func:`coinlib.evaluate.compare.long_format` rows with ``format, arm, reference, seed``."""
+    parts = []
+    done = runs[runs["status"] == "done"]
+    for fmt in spec.formats:
+        for arm in (a for a in spec.arms if a != spec.reference):
+            seeds = sorted(set(done.loc[(done.arm == arm) & (done.format == fmt), "seed"])
+                           & set(done.loc[(done.arm == spec.reference) & (done.format == fmt), "seed"]))
+            for seed in seeds:
+                both = [load_committed_predictions(spec, f"{a}-s{int(seed)}", fmt, a) for a in (arm, spec.reference)]
+                paired = paired_bootstrap(pd.concat(both, ignore_index=True), arm, spec.reference, spec.n_boot, seed=0)
+                parts.append(long_format(paired).assign(format=fmt, arm=arm, reference=spec.reference, seed=int(seed)))
+    columns = ["format", "arm", "reference", "seed", "group", "metric", "a", "b", "diff", "diff_low", "diff_high", "se"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
+    """Tables (CSV + Markdown) and the figure of the study from its committed outputs, into ``spec.committed_dir``."""
+    from coinlib.results import plots, tables
+
+    runs = committed_runs(spec)
+    per_seed = per_seed_comparisons(spec, runs)
+    across = across_seeds(per_seed, alpha=spec.alpha, power=spec.power) if len(per_seed) else pd.DataFrame()
+    out = spec.committed_dir
+    labels = {a: s.label for a, s in spec.arms.items()}
+    plots.save_table(runs, out, "study_runs")
+    plots.save_table(per_seed, out, "study_per_seed")
+    plots.save_table(across, out, "study_across_seeds")
+    markdown = tables.study_markdown(runs, per_seed, across, labels, spec.alpha, spec.power)
+    atomic_write_text(out / "study.md", markdown)
+    if len(per_seed):
+        for fmt in sorted(set(per_seed["format"])):
+            fig = plots.plot_seed_differences(per_seed[per_seed.format == fmt], across[across.format == fmt], labels)
+            plots.save_figure(fig, per_seed[per_seed.format == fmt], out, f"seed_differences_{fmt}")
+            plots.plt.close(fig)
+    return {"runs": runs, "per_seed": per_seed, "across": across}

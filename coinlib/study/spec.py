@@ -1,0 +1,180 @@
+"""A study spec (YAML): arms x seeds x input formats over one recipe, validated; its expansion into training
+runs and their evaluations (the command line and the rest: :mod:`coinlib.study.cli`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, parse_sets, read_yaml, sets_note, validate
+from coinlib.core.sources import REPO_ROOT
+
+BASE_KEY = "base"
+FORMATS = ("train", "paper", "chat")
+
+
+class StudyError(RuntimeError):
+    """The study cannot proceed; the message names the problem and the fix."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArmSpec(_Spec):
+    """One arm: a display label and overrides of the recipe's ``model``, ``data`` and ``train`` sections."""
+
+    label: str
+    model: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class GateSpec(_Spec):
+    """Go/no-go: the pilot run must reach ``threshold`` on ``metric`` (a summary column) before the rest is spent."""
+
+    arm: str = "cit"
+    seed: int = 0
+    format: Literal["train", "paper", "chat"] = "train"
+    task: str = "sst2"
+    group: str = "clean"
+    metric: Literal["cal_acc", "auc", "mean_acc"] = "cal_acc"
+    threshold: float = Field(0.75, ge=0.0, le=1.0)
+
+
+class StudySpec(_Spec):
+    """Arms x seeds x input formats over one recipe (module doc)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    params: str = Field(description="the recipe: a parameter file, relative to this file's folder or params/")
+    arms: dict[str, ArmSpec]
+    reference: str = Field("cit", description="arm every other arm is compared with (differences: arm - reference)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    formats: list[Literal["train", "paper", "chat"]] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
+    base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
+    gate: GateSpec = Field(default_factory=GateSpec)
+    committed_root: str = Field("figures", description="committed outputs go to <committed_root>/<name>/")
+    commit_progress: bool = Field(
+        False, description="copy each training run's newest checkpoint into the committed folder at every save "
+        "(runs/<key>/train-progress/), so a run longer than a session resumes in the next from the repository "
+        "alone; costs the size of a checkpoint (adapter + optimizer state) per run")
+    n_boot: int = Field(2000, ge=1, description="bootstrap resamples of the paired comparison within a seed")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    power: float = Field(0.8, gt=0, lt=1)
+    source: Optional[str] = Field(None, description="set by load_spec: the spec file")
+    sets: list[str] = Field(default_factory=list, description="set by load_spec: the command line's --set KEY=VALUE "
+                            "overrides, merged over the recipe before each arm's own")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        bad = [a for a in self.arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", a) or a == BASE_KEY]
+        if bad:
+            raise ValueError(f"arm names {bad}: use lowercase letters, digits, '-' or '_' (and not {BASE_KEY!r})")
+        for what, arm in (("reference", self.reference), ("gate.arm", self.gate.arm)):
+            if arm not in self.arms:
+                raise ValueError(f"{what} {arm!r} is not an arm (arms: {', '.join(self.arms)})")
+        if self.gate.format not in self.formats:
+            raise ValueError(f"gate.format {self.gate.format!r} is not among formats {self.formats}")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.formats)) != len(self.formats):
+            raise ValueError("seeds and formats must not repeat")
+        return self
+
+    @property
+    def params_path(self) -> Path:
+        here = Path(self.source).parent if self.source else PARAMS_DIR
+        for candidate in (here / self.params, PARAMS_DIR / self.params):
+            if candidate.is_file():
+                return candidate
+        raise StudyError(f"{self.source or 'study spec'}: params file {self.params!r} not found (looked in {here} and "
+                         f"{PARAMS_DIR}). Fix: name an existing parameter file.")
+
+    @property
+    def committed_dir(self) -> Path:
+        """``<committed_root>/<name>``: the report; ``runs/`` below it holds each run's committed outputs."""
+        root = Path(self.committed_root)
+        return (root if root.is_absolute() else REPO_ROOT / root) / self.name
+
+
+def load_spec(path: str | Path, sets: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study spec, with ``--set`` overrides of its recipe (:func:`coinlib.core.params.parse_sets`,
+    applied under every arm's overrides); errors name the file, the key and what is expected."""
+    path = Path(path)
+    try:
+        raw = read_yaml(path)
+        parse_sets(sets)
+    except ParamsError as exc:
+        raise StudyError(str(exc)) from None
+    try:
+        spec = StudySpec.model_validate({**raw, "source": str(path), "sets": list(sets)})
+    except ValidationError as exc:
+        lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()]
+        raise StudyError("\n".join(lines)) from None
+    for arm in spec.arms:  # every arm must give valid parameters
+        arm_params(spec, arm, spec.seeds[0])
+    return spec
+
+
+@dataclass
+class RunPlan:
+    """One training run (``train`` None for the base model) and its evaluations by input format."""
+
+    key: str
+    arm: str
+    seed: Optional[int]
+    train: Optional[Params]
+    evals: dict[str, Params] = field(default_factory=dict)
+
+
+def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
+    """Training parameters of ``arm`` at ``seed``: the recipe with the arm's overrides, run ``<name>-<arm>-s<seed>``."""
+    path = spec.params_path
+    a = spec.arms[arm]
+    overrides = {s: v for s, v in (("model", a.model), ("data", a.data), ("train", a.train)) if v}
+    recipe = deep_merge(read_yaml(path), parse_sets(spec.sets))
+    values = deep_merge(recipe, {**overrides, "run": {"name": f"{spec.name}-{arm}-s{seed}", "seed": seed}})
+    try:
+        return validate(values, f"{spec.source or 'study'}: arms.{arm} over {path}{sets_note(spec.sets)}", path.parent)
+    except ParamsError as exc:
+        raise StudyError(str(exc)) from None
+
+
+def eval_params(P: Params, fmt: str, adapter: Optional[str]) -> Params:
+    """Evaluation of ``adapter`` (a run name; None = the base model) in input format ``fmt``, as run
+    ``<run>-eval-<fmt>``."""
+    values = P.model_dump(by_alias=True, exclude={"base"})
+    values["base"] = None
+    values["run"]["name"] = f"{P.run.name}-eval-{fmt}"
+    values["evaluate"].update(input_format=fmt, adapters=[adapter] if adapter else [], include_base=adapter is None)
+    return validate(values, f"evaluation {values['run']['name']}")
+
+
+def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
+           formats: Iterable[str] | None = None, base_model: bool | None = None) -> list[RunPlan]:
+    """Every run of the study (or of the given subsets), seed by seed and arm by arm (the base model first)."""
+    arms, seeds = list(spec.arms if arms is None else arms), list(spec.seeds if seeds is None else seeds)
+    formats = list(formats or spec.formats)
+    unknown = [a for a in arms if a not in spec.arms] + [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise StudyError(f"unknown arms or formats {unknown}; arms: {', '.join(spec.arms)}; formats: {FORMATS}")
+    plans = []
+    if spec.base_model if base_model is None else base_model:
+        base = arm_params(spec, spec.reference, spec.seeds[0]).model_copy(deep=True)
+        base.run.name = f"{spec.name}-{BASE_KEY}"
+        plans.append(RunPlan(BASE_KEY, BASE_KEY, None, None, {f: eval_params(base, f, None) for f in formats}))
+    for seed in seeds:
+        for arm in arms:
+            P = arm_params(spec, arm, seed)
+            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, {f: eval_params(P, f, P.run.name) for f in formats}))
+    return plans
+
+
+def pilot_plan(spec: StudySpec) -> RunPlan:
+    """The gate's run, its gate format evaluated first."""
+    P = arm_params(spec, spec.gate.arm, spec.gate.seed)
+    formats = [spec.gate.format, *[f for f in spec.formats if f != spec.gate.format]]
+    return RunPlan(f"{spec.gate.arm}-s{spec.gate.seed}", spec.gate.arm, spec.gate.seed, P,
+                   {f: eval_params(P, f, P.run.name) for f in formats})
