@@ -46,6 +46,35 @@ class GateSpec(_Spec):
     threshold: float = Field(0.75, ge=0.0, le=1.0)
 
 
+class CheckpointSpec(_Spec):
+    """Evaluations of every training run part-way, at fractions of ``train.max_steps`` (a metric-vs-step curve, and
+    what an unfinished long run already says): the adapter is snapshot at each step (training pauses there) and
+    evaluated in ``format`` with the recipe's evaluation, ``evaluate`` overriding some of it (e.g. fewer tasks)."""
+
+    at: list[float] = Field(default_factory=list, description="fractions of train.max_steps, each in (0, 1)")
+    arms: Optional[list[str]] = Field(None, description="arms evaluated part-way (None: every arm)")
+    format: Literal["train", "paper", "chat"] = "train"
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="overrides of the evaluate section")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "CheckpointSpec":
+        if any(not 0 < f < 1 for f in self.at):
+            raise ValueError(f"checkpoints.at {self.at}: fractions of training strictly between 0 and 1")
+        if {"adapters", "include_base", "input_format"} & set(self.evaluate):
+            raise ValueError("checkpoints.evaluate cannot set adapters, include_base or input_format")
+        return self
+
+
+class TrainGateSpec(_Spec):
+    """Go/no-go on training: every arm at ``seed`` trains to fraction ``at`` of ``train.max_steps`` first; each one's
+    generation loss (mean of the last quarter of logged steps against the first quarter) must fall by more than
+    ``min_drop`` before the rest of training is spent."""
+
+    at: Optional[float] = Field(None, gt=0, lt=1, description="fraction of train.max_steps; None: no training gate")
+    seed: int = 0
+    min_drop: float = Field(0.0, ge=0, lt=1, description="relative fall required")
+
+
 class StudySpec(_Spec):
     """Arms x seeds x input formats over one recipe (module doc)."""
 
@@ -57,6 +86,8 @@ class StudySpec(_Spec):
     formats: list[Literal["train", "paper", "chat"]] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
     gate: GateSpec = Field(default_factory=GateSpec)
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    train_gate: TrainGateSpec = Field(default_factory=TrainGateSpec)
     committed_root: str = Field("figures", description="committed outputs go to <committed_root>/<name>/")
     commit_progress: bool = Field(
         False, description="copy each training run's newest checkpoint into the committed folder at every save "
@@ -74,7 +105,8 @@ class StudySpec(_Spec):
         bad = [a for a in self.arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", a) or a == BASE_KEY]
         if bad:
             raise ValueError(f"arm names {bad}: use lowercase letters, digits, '-' or '_' (and not {BASE_KEY!r})")
-        for what, arm in (("reference", self.reference), ("gate.arm", self.gate.arm)):
+        for what, arm in (("reference", self.reference), ("gate.arm", self.gate.arm),
+                          *(("checkpoints.arms", a) for a in self.checkpoints.arms or [])):
             if arm not in self.arms:
                 raise ValueError(f"{what} {arm!r} is not an arm (arms: {', '.join(self.arms)})")
         if self.gate.format not in self.formats:
@@ -127,6 +159,11 @@ class RunPlan:
     seed: Optional[int]
     train: Optional[Params]
     evals: dict[str, Params] = field(default_factory=dict)
+    #: Part-way evaluations by optimizer step (:attr:`StudySpec.checkpoints`), stage ``step<N>-<format>``.
+    checkpoints: dict[int, Params] = field(default_factory=dict)
+
+    def checkpoint_stage(self, step: int) -> str:
+        return f"step{step}-{self.checkpoints[step].evaluate.input_format}"
 
 
 def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
@@ -152,6 +189,41 @@ def eval_params(P: Params, fmt: str, adapter: Optional[str]) -> Params:
     return validate(values, f"evaluation {values['run']['name']}")
 
 
+def stop_steps(P: Params, fractions: list[float]) -> list[int]:
+    """The optimizer steps at ``fractions`` of ``train.max_steps`` (rounded, at least 1, before the last step)."""
+    if not fractions:
+        return []
+    if P.train.max_steps <= 0:
+        raise StudyError(f"{P.run.name}: part-way stops need train.max_steps > 0 (it is {P.train.max_steps}). "
+                         "Fix: set train.max_steps, or remove checkpoints.at / train_gate.at from the study spec.")
+    steps = sorted({max(1, round(f * P.train.max_steps)) for f in fractions})
+    return [s for s in steps if s < P.train.max_steps]
+
+
+def snapshot_name(P: Params, step: int) -> str:
+    """Run name of the adapter snapshot of ``P`` at ``step``: ``runs/<run>-step<N>/adapter``."""
+    return f"{P.run.name}-step{step}"
+
+
+def checkpoint_evals(spec: StudySpec, arm: str, P: Params) -> dict[int, Params]:
+    """The part-way evaluations of ``arm``'s training run ``P``: step -> evaluation of the snapshot
+    ``<run>-step<N>`` (none when ``checkpoints.arms`` leaves the arm out)."""
+    evals: dict[int, Params] = {}
+    if spec.checkpoints.arms is not None and arm not in spec.checkpoints.arms:
+        return evals
+    for step in stop_steps(P, spec.checkpoints.at):
+        values = eval_params(P, spec.checkpoints.format, snapshot_name(P, step)).model_dump(by_alias=True,
+                                                                                           exclude={"base"})
+        values["base"] = None
+        values["run"]["name"] = f"{snapshot_name(P, step)}-eval-{spec.checkpoints.format}"
+        values["evaluate"].update(spec.checkpoints.evaluate)
+        try:
+            evals[step] = validate(values, f"{spec.source or 'study'}: checkpoints.evaluate")
+        except ParamsError as exc:
+            raise StudyError(str(exc)) from None
+    return evals
+
+
 def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
            formats: Iterable[str] | None = None, base_model: bool | None = None) -> list[RunPlan]:
     """Every run of the study (or of the given subsets), seed by seed and arm by arm (the base model first)."""
@@ -168,7 +240,8 @@ def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[i
     for seed in seeds:
         for arm in arms:
             P = arm_params(spec, arm, seed)
-            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, {f: eval_params(P, f, P.run.name) for f in formats}))
+            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, {f: eval_params(P, f, P.run.name) for f in formats},
+                                 checkpoint_evals(spec, arm, P)))
     return plans
 
 
@@ -177,4 +250,4 @@ def pilot_plan(spec: StudySpec) -> RunPlan:
     P = arm_params(spec, spec.gate.arm, spec.gate.seed)
     formats = [spec.gate.format, *[f for f in spec.formats if f != spec.gate.format]]
     return RunPlan(f"{spec.gate.arm}-s{spec.gate.seed}", spec.gate.arm, spec.gate.seed, P,
-                   {f: eval_params(P, f, P.run.name) for f in formats})
+                   {f: eval_params(P, f, P.run.name) for f in formats}, checkpoint_evals(spec, spec.gate.arm, P))
