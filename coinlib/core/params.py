@@ -132,8 +132,9 @@ class DataParams(_Section):
         "proportions over the tasks that have data, scaled to data.size (needs data.replacement offline)"
     )
     eval_holdout: int = Field(
-        300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks) kept out of training pools "
-        "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
+        300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks, the one evaluate.sample names) "
+        "kept out of training pools drawn from GLUE evaluation splits; must be >= evaluate.n_per_task "
+        "(== with evaluate.sample: reference)"
     )
     extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
         default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
@@ -214,6 +215,13 @@ class EvaluateParams(_Section):
 
     tasks: list[str] = Field(default_factory=task_names, min_length=1, description="evaluation tasks (coinlib.core.tasks)")
     n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
+    sample: Literal["shared", "reference"] = Field(
+        "shared", description="which instances: shared = this project's fixed-seed sample (nested, the same for "
+        "every model; coinlib.core.tasks.sample_indices); reference = the paper's code's own instances, Python's "
+        "random.sample seeded 42 over each validation split in hub order (coinlib.core.tasks."
+        "reference_sample_indices; the paper's instances only where the split is complete, i.e. with the hub or "
+        "for sst2, cola, qnli, wnli, rte, mrpc offline); training then holds that sample out, so it needs "
+        "data.eval_holdout == n_per_task")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
     input_format: Literal["paper", "train", "chat"] = "paper"
@@ -290,7 +298,10 @@ class Params(_Section):
     def data_dir(self) -> Path:
         """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs); the
         digest of the files read and the data format version are checked on load (``coinlib.data.pairs``)."""
-        key = json.dumps([self.data.model_dump(), self.run.seed, source_key(self.run.mirror)], sort_keys=True)
+        parts = [self.data.model_dump(), self.run.seed, source_key(self.run.mirror)]
+        if self.evaluate.sample != "shared":  # the holdout follows the evaluation sample (keys unchanged for shared)
+            parts.append({"eval_holdout_sample": self.evaluate.sample})
+        key = json.dumps(parts, sort_keys=True)
         return _repo_path(self.run.output_root) / "data" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:

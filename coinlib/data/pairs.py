@@ -136,11 +136,11 @@ def _read_rows(adapter: TaskAdapter, mirror: str | os.PathLike | None) -> list[t
 
 
 def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLike | None = "auto",
-              holdout: int = 300) -> TaskPool:
+              holdout: int = 300, sample: str = "shared") -> TaskPool:
     """The task's instances (evaluation holdout and FLAN-filtered rows removed, inputs de-duplicated).
 
     Rows of an evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude every row the evaluation
-    sample of ``holdout`` rows of any task uses (:func:`coinlib.core.tasks.held_out_rows`).
+    ``sample`` (``evaluate.sample``) of ``holdout`` rows of any task uses (:func:`coinlib.core.tasks.held_out_rows`).
     Raises :class:`DataError` for an empty source file, fewer than two usable templates, or fewer than two
     distinct outputs; :class:`~coinlib.core.sources.SourceUnavailable` when the data cannot be found.
     """
@@ -158,7 +158,7 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
         if not rows:
             raise DataError(f"task {adapter.name}: source {name} has no rows. Fix: re-create that mirror file, "
                             "or remove the task from data.tasks.")
-        exclude = held_out_rows((adapter.dataset, config, split), holdout, mirror, n_rows=len(rows))
+        exclude = held_out_rows((adapter.dataset, config, split), holdout, mirror, n_rows=len(rows), sample=sample)
         held += len(exclude)
         parts.append(f"{name} ({len(rows)} rows" + (f", {len(exclude)} evaluation rows held out)" if exclude else ")"))
         for i, row in enumerate(rows):
@@ -180,13 +180,14 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
 
 
 def load_pools(tasks: Iterable[str], mirror: str | os.PathLike | None = "auto", holdout: int = 300,
-               flan: FlanTemplates | None = None) -> Pools:
-    """Pools of the requested tasks; tasks without data (or with every row held out) become named skips."""
+               flan: FlanTemplates | None = None, sample: str = "shared") -> Pools:
+    """Pools of the requested tasks; tasks without data (or with every row held out) become named skips.
+    ``holdout`` rows of the evaluation ``sample`` (``shared`` or ``reference``) are held out (:func:`load_pool`)."""
     flan = flan or load_templates(mirror)
     out = Pools(templates_source=flan.source)
     for name in resolve_tasks(tasks):
         try:
-            pool = load_pool(ADAPTERS[name], flan, mirror, holdout)
+            pool = load_pool(ADAPTERS[name], flan, mirror, holdout, sample)
         except SourceUnavailable as exc:
             out.skips.append(Skip(name, f"no data: {exc}"))
             continue
@@ -390,6 +391,18 @@ def task_counts(entries: list[dict[str, Any]], pools: Pools) -> "pd.DataFrame":
 
 # ------------------------------------------------------------------------------------------ build / load
 def _check_holdout(P: "Params") -> None:
+    """Refuse a build whose holdout might not cover the rows the evaluation of ``P`` scores."""
+    e, held = P.evaluate, P.data.eval_holdout
+    if getattr(e, "sample", "shared") == "reference":
+        # the holdout is the reference draw of eval_holdout rows; draws of other sizes need not be nested
+        # (random.sample switches algorithm with the size), so only the same size holds out the same rows
+        if e.n_per_task != held:
+            raise DataError(
+                f"evaluate.sample is reference with evaluate.n_per_task {e.n_per_task}, but training holds out the "
+                f"reference sample of data.eval_holdout {held} rows; random.sample draws of different sizes need "
+                "not share rows, so evaluated rows could be trained on. Fix: set data.eval_holdout equal to "
+                f"evaluate.n_per_task ({e.n_per_task}), or use evaluate.sample: shared.")
+        return
     seed = getattr(P.evaluate, "sample_seed", EVAL_SAMPLE_SEED)
     if seed != EVAL_SAMPLE_SEED or P.evaluate.n_per_task > P.data.eval_holdout:
         raise DataError(
@@ -405,7 +418,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     _check_holdout(P)
     key = data_key(P)  # before reading: a file changed during the build then fails the next check
     mirror = P.run.mirror
-    pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
+    pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout, sample=P.evaluate.sample)
     caps = task_caps({p.name: p.adapter.paper_count for p in pools.pools}, P.data.task_caps, P.data.size)
     entries = build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement, caps, progress)
     if P.data.extra_positive_levels:  # perturbed own template as extra positives (coinlib.data.augment)

@@ -157,7 +157,7 @@ def extract(P: "Params", roles: dict[str, tuple[str, Path | None]]) -> Represent
     task, fmt = P.analysis.represent_task, P.evaluate.input_format
     variants = instruction_variants(load_prompt_set(P.evaluate.prompt_set, P.run.mirror), task,
                                     P.analysis.represent_instruction)
-    instances = load_task(task, P.analysis.represent_n, P.run.mirror)
+    instances = load_task(task, P.analysis.represent_n, P.run.mirror, P.evaluate.sample)
     tokenizer = load_tokenizer(P.model.name, P.model.revision, P.model.trust_remote_code)
     inputs = variant_inputs(instances, variants, lambda instr, content: format_input(instr, content, fmt, tokenizer))
     cache: dict[str, np.ndarray] = {}

@@ -149,6 +149,8 @@ def settings_key(P: "Params") -> str:
                   load_in_4bit=m.load_in_4bit, n=e.n_per_task,
                   fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens,
                   append_eos=P.train.append_eos if e.input_format == "train" else None)
+    if e.sample != "shared":  # another sample never reuses a shared-sample unit (shared keys stay as they were)
+        fields["sample"] = e.sample
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -195,7 +197,7 @@ def _plan(P: "Params") -> tuple[list[ModelSpec], list[Unit], Path, dict[str, pd.
     e = P.evaluate
     prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
     specs = model_specs(P)
-    data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
+    data = {t: load_task(t, e.n_per_task, P.run.mirror, e.sample) for t in e.tasks}
     return specs, plan_units(specs, prompts, data), eval_dir(P) / "cache" / settings_key(P), data
 
 
