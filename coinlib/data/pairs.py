@@ -41,7 +41,7 @@ from coinlib.core.tasks import EVAL_SAMPLE_SEED, held_out_rows
 from coinlib.data.augment import add_perturbed_positives
 from coinlib.data.flan import (
     ADAPTERS,
-    TASKS,
+    FLAN_TASKS,
     Example,
     FlanTemplates,
     TaskAdapter,
@@ -104,19 +104,19 @@ def resolve_tasks(names: Iterable[str]) -> list[str]:
     for name in names:
         key = str(name).strip().lower()
         if key == "all":
-            wanted.update(TASKS)
+            wanted.update(FLAN_TASKS)
         elif key in ADAPTERS:
             wanted.add(key)
         elif key in ALIASES:
             wanted.update(ALIASES[key])
         else:
-            close = difflib.get_close_matches(key, [*TASKS, *ALIASES], n=3)
+            close = difflib.get_close_matches(key, [*FLAN_TASKS, *ALIASES], n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(TASKS)}; "
+            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(FLAN_TASKS)}; "
                             f"aliases: {', '.join(ALIASES)}.")
     if not wanted:
         raise DataError("data.tasks is empty. Fix: list FLAN task names, or use [all].")
-    return [t for t in TASKS if t in wanted]
+    return [t for t in FLAN_TASKS if t in wanted]
 
 
 # ------------------------------------------------------------------------------------------ pools
@@ -205,7 +205,7 @@ class _TaskSampler:
 
     def __init__(self, pool: TaskPool, seed: int, replacement: bool):
         self.pool = pool
-        self.rng = np.random.default_rng([seed, TASKS.index(pool.name)])
+        self.rng = np.random.default_rng([seed, FLAN_TASKS.index(pool.name)])
         self.replacement = replacement
         self.order = self.rng.permutation(len(pool.examples))
         self.cursor = 0
@@ -376,7 +376,7 @@ def task_counts(entries: list[dict[str, Any]], pools: Pools) -> "pd.DataFrame":
     by_name = {p.name: p for p in pools.pools}
     skips = {s.task: s.reason for s in pools.skips}
     rows = []
-    for name in [t for t in TASKS if t in by_name or t in skips]:
+    for name in [t for t in FLAN_TASKS if t in by_name or t in skips]:
         a, p = ADAPTERS[name], by_name.get(name)
         rows.append({
             "category": a.category, "task": name, "dataset": a.display, "paper_count": a.paper_count,
