@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coinlib.core.sources import REPO_ROOT, source_key
+from coinlib.core.formats import InputFormat
+from coinlib.core.groups import EVAL_GROUPS, LEVELS
+from coinlib.core.paths import FIGURES_DIR, PARAMS_DIR, REPO_ROOT, RUNS_DIR
+from coinlib.core.sources import source_key
 from coinlib.core.tasks import task_names
 
 if TYPE_CHECKING:
     import argparse
 
-PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
 SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
 #: ``train.lr_scheduler`` values transformers accepts with the arguments training passes (warm-up and step count
@@ -39,8 +41,6 @@ REPORT_TO = ("tensorboard", "wandb", "azure_ml", "comet_ml", "mlflow", "neptune"
              "dagshub", "flyte", "dvclive", "swanlab", "kubeflow")
 #: A run name: one folder name below ``run.output_root`` (no separator, not ``.``/``..``, not empty).
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
-ALL_GROUPS = "average"  # group label of rows pooled over every group
 
 
 class ParamsError(ValueError):
@@ -75,8 +75,8 @@ class RunParams(_Section):
     name: str = Field(description="run name: outputs go to <output_root>/<name>, figures to figures/<name>")
     seed: int = Field(0, ge=0, lt=2**32, description="seed for every random choice (sampling, shuffling, "
                       "initialisation); numpy's seeds are 0 <= seed < 2**32")
-    output_root: str = Field("runs", description="folder (relative to the repository) for run outputs")
-    figures_root: str = Field("figures", description="folder (relative to the repository) for figures")
+    output_root: str = Field(RUNS_DIR, description="folder (relative to the repository) for run outputs")
+    figures_root: str = Field(FIGURES_DIR, description="folder (relative to the repository) for figures")
     mirror: Optional[str] = Field(
         "auto", description="local data mirror root; 'auto' = $COIN_DATA_MIRROR or ../shared/data; 'hub' = online"
     )
@@ -135,7 +135,7 @@ class DataParams(_Section):
         300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks) kept out of training pools "
         "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
     )
-    extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
+    extra_positive_levels: list[Literal[LEVELS]] = Field(
         default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
         "is the entry's own template perturbed (beyond the paper); [] = template paraphrases only"
     )
@@ -216,7 +216,7 @@ class EvaluateParams(_Section):
     n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
-    input_format: Literal["paper", "train", "chat"] = "paper"
+    input_format: InputFormat = "paper"
     scoring: Literal["generate", "rank"] = "generate"
     max_new_tokens: int = Field(7, ge=1)
     batch_size: int = Field(16, ge=1)

@@ -19,7 +19,6 @@ import difflib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
-from coinlib.core.fileio import update_digest
+from coinlib.core.fileio import atomic_folder, update_digest
 from coinlib.core.sources import (
     DATASETS,
     JSON_ARTIFACTS,
@@ -416,31 +415,25 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     counts = task_counts(entries, pools)
     ds = datasets.Dataset.from_list(entries)
 
+    def fill(tmp: Path) -> None:
+        ds.save_to_disk(str(tmp / "dataset"))
+        with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
+            for e in entries:
+                fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+        counts.to_csv(tmp / "task_counts.csv", index=False)
+        report = {
+            "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
+            "templates_source": pools.templates_source,
+            "skipped": [vars(s) for s in pools.skips],
+            "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
+            "prompt_sets_checked": prompt_sets,
+        }
+        report.update(key, files=built_files(tmp))
+        (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+
     out = P.data_dir
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ds.save_to_disk(str(tmp / "dataset"))
-    with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
-        for e in entries:
-            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
-    counts.to_csv(tmp / "task_counts.csv", index=False)
-    report = {
-        "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
-        "templates_source": pools.templates_source,
-        "skipped": [vars(s) for s in pools.skips],
-        "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
-        "prompt_sets_checked": prompt_sets,
-    }
-    report.update(key, files=built_files(tmp))
-    (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished the same build in between: its bytes are the same
-        if not (out / "dataset").is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Another process may finish the same build in between: its bytes are the same, so its folder will do.
+    atomic_folder(out, fill, accept_existing=lambda folder: (folder / "dataset").is_dir())
     return datasets.load_from_disk(str(out / "dataset"))
 
 

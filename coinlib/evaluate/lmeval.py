@@ -32,13 +32,14 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
+from coinlib.core.formats import format_input, paper_prompt
+from coinlib.core.groups import EVAL_GROUPS
 from coinlib.core.models import ModelUnavailable
-from coinlib.core.params import EVAL_GROUPS
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
 from coinlib.core.tasks import get_task, load_task, task_names
 from coinlib.evaluate.metrics import BASE_LABEL, summarize as summarize_predictions
 from coinlib.evaluate.runner import PREDICTION_COLUMNS
-from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, label_token_ids, parse_label
+from coinlib.evaluate.scoring import label_continuation, label_token_ids, parse_label
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def doc_to_text_template(instruction: str) -> str:
     """Jinja template lm-eval renders into the paper's input for a doc with a ``content`` field."""
     if any(marker in instruction for marker in _RAW):
         raise LmEvalError(f"instruction {instruction!r} contains a Jinja raw marker; it cannot be exported verbatim")
-    return f"{_RAW[0]}{instruction}{_RAW[1]}{{{{content}}}}{PAPER_RESPONSE}"
+    return paper_prompt(f"{_RAW[0]}{instruction}{_RAW[1]}{{{{content}}}}")
 
 
 def _check_template(template: str, instruction: str, content: str) -> None:

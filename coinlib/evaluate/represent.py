@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from coinlib.core.params import EVAL_GROUPS
+from coinlib.core.formats import format_input
+from coinlib.core.groups import EVAL_GROUPS
 from coinlib.core.pooling import last_token_pool
 
 if TYPE_CHECKING:
@@ -152,7 +153,6 @@ def extract(P: "Params", roles: dict[str, tuple[str, Path | None]]) -> Represent
     from coinlib.core.models import load_tokenizer
     from coinlib.core.promptsets import load_prompt_set
     from coinlib.core.tasks import load_task
-    from coinlib.evaluate.scoring import format_input
 
     task, fmt = P.analysis.represent_task, P.evaluate.input_format
     variants = instruction_variants(load_prompt_set(P.evaluate.prompt_set, P.run.mirror), task,

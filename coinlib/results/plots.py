@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
+from coinlib.core.groups import GROUP_LABELS
 from coinlib.core.tasks import CATEGORIES
 from coinlib.evaluate.metrics import instruction_accuracy
 from coinlib.results.tables import ROLE_LABELS, average_over_tasks
@@ -23,10 +24,6 @@ from coinlib.results.tables import ROLE_LABELS, average_over_tasks
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
     "semantic": "#9467bd", "average": "#222222",
-}
-GROUP_LABELS = {
-    "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
-    "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
 }
 ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
 SOURCE_LABELS = {"paper": "paper", "ours": "ours"}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write_text
-from coinlib.core.params import EVAL_GROUPS
+from coinlib.core.groups import EVAL_GROUPS
 from coinlib.core.paper_numbers import PAPER_MODEL
 from coinlib.evaluate.compare import paired_bootstrap
 from coinlib.evaluate.metrics import BASE_LABEL

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from coinlib.core.params import ALL_GROUPS
+from coinlib.core.groups import ALL_GROUPS
 from coinlib.core.paper_numbers import PAPER_MODEL, paper_tables
 from coinlib.core.tasks import CATEGORIES, category_of, category_tasks
 from coinlib.evaluate.metrics import mean_task_std, pooled_std

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, parse_sets, read_yaml, sets_note, validate
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.paths import FIGURES_DIR, REPO_ROOT
 
 BASE_KEY = "base"
 FORMATS = ("train", "paper", "chat")
@@ -57,7 +57,7 @@ class StudySpec(_Spec):
     formats: list[Literal["train", "paper", "chat"]] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
     gate: GateSpec = Field(default_factory=GateSpec)
-    committed_root: str = Field("figures", description="committed outputs go to <committed_root>/<name>/")
+    committed_root: str = Field(FIGURES_DIR, description="committed outputs go to <committed_root>/<name>/")
     commit_progress: bool = Field(
         False, description="copy each training run's newest checkpoint into the committed folder at every save "
         "(runs/<key>/train-progress/), so a run longer than a session resumes in the next from the repository "

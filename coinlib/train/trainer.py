@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from coinlib.core.fileio import atomic_write, atomic_write_text
+from coinlib.core.fileio import atomic_folder, atomic_write, atomic_write_text
 from coinlib.core.models import load_model
 from coinlib.core.params import Params, TrainParams
 from coinlib.train.batching import (
@@ -431,17 +431,11 @@ def train(P: Params, callbacks: list[TrainerCallback] | None = None) -> Path:
 
 def save_adapter(model, folder: Path, P: Params) -> Path:
     """Save the LoRA adapter (safetensors) and the resolved parameters, replacing ``folder`` atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
+
+    return atomic_folder(folder, fill)
 
 
 def write_log(history: list[dict[str, Any]], path: Path) -> pd.DataFrame:
