@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import numpy as np
 
 from coinlib.core.fileio import atomic_folder, update_digest
+from coinlib.core.promptsets import load_prompt_set
 from coinlib.core.sources import (
     DATASETS,
     JSON_ARTIFACTS,
@@ -338,7 +339,6 @@ def eval_instructions(prompt_sets: Iterable[str], mirror: str | os.PathLike | No
 
     Sets are read with :func:`coinlib.core.promptsets.load_prompt_set`, exactly as the evaluation reads them.
     """
-    from coinlib.core.promptsets import load_prompt_set
 
     out = []
     for name in prompt_sets:

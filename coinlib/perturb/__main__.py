@@ -10,6 +10,8 @@ import logging
 
 from coinlib.core.groups import LEVELS, RULE_LEVELS
 from coinlib.perturb.promptset import (
+from coinlib.perturb.semantic import model_rephraser
+from coinlib.perturb.synonyms import default_synonyms
     META_KEYS,
     build_prompt_set,
     clean_instructions,
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> None:
         clean = {t: clean[t] for t in args.tasks}
     options = {}
     if "semantic" in args.levels:
-        from coinlib.perturb.semantic import model_rephraser
-        from coinlib.perturb.synonyms import default_synonyms
 
         options["semantic"] = {"generate": model_rephraser(args.semantic_model), "tries": args.semantic_tries}
         if not args.no_similarity:

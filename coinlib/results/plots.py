@@ -19,7 +19,7 @@ from coinlib.core.fileio import atomic_write
 from coinlib.core.groups import GROUP_LABELS
 from coinlib.core.tasks import CATEGORIES
 from coinlib.evaluate.metrics import instruction_accuracy
-from coinlib.results.tables import ROLE_LABELS, average_over_tasks
+from coinlib.results.tables import ROLE_LABELS, STUDY_METRICS, average_over_tasks
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
@@ -389,8 +389,6 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
     """Arm minus reference per group for one input format: each seed's difference as a point, the mean over seeds
     with its 95% t-interval, and a grey band of ± the minimum detectable difference (rows of
     :func:`coinlib.evaluate.compare.long_format` per seed and of :func:`coinlib.evaluate.compare.across_seeds`)."""
-    from coinlib.results.tables import STUDY_METRICS
-
     use_style()
     labels = labels or {}
     groups = list(dict.fromkeys(per_seed["group"]))

@@ -23,6 +23,7 @@ import pandas as pd
 from coinlib.core.groups import ALL_GROUPS
 from coinlib.core.paper_numbers import PAPER_MODEL, paper_tables
 from coinlib.core.tasks import CATEGORIES, category_of, category_tasks
+from coinlib.evaluate.compare import seeds_needed
 from coinlib.evaluate.metrics import mean_task_std, pooled_std
 from coinlib.results.inputs import lambda_runs, role_runs, summaries_for_runs
 
@@ -253,8 +254,6 @@ def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str 
     reference and arm means over seeds, the mean difference with its t-interval, each seed's difference, the paired
     t-test and sign-flip p-values, the minimum detectable difference (MDD), in points (AUC x 100), and the seeds
     needed for an MDD of ``target`` (:func:`coinlib.evaluate.compare.seeds_needed`; "> 100" when no number does)."""
-    from coinlib.evaluate.compare import seeds_needed
-
     def needed(r) -> str:
         if pd.isna(r["sd_diff"]) or pd.isna(r["se_inst"]):
             return "–"

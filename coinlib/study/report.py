@@ -72,7 +72,7 @@ def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     """Tables (CSV + Markdown) and the figure of the study from its committed outputs, into ``spec.committed_dir``."""
-    from coinlib.results import plots, tables
+    from coinlib.results import plots, tables  # matplotlib: only when the report is drawn
 
     runs = committed_runs(spec)
     per_seed = per_seed_comparisons(spec, runs)

@@ -119,7 +119,7 @@ def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path) 
     """Copy committed progress (:func:`save_progress`) back to ``checkpoints/checkpoint-N`` when it was made with
     these settings and is newer than every intact local checkpoint; the attempt times too when none are local.
     Returns the restored checkpoint, or None."""
-    from coinlib.train.trainer import last_complete_checkpoint
+    from coinlib.train.trainer import last_complete_checkpoint  # torch and transformers: only when resuming
 
     meta = _read_meta(folder)
     if meta.get("digest") != digest or not isinstance(meta.get("step"), int):
