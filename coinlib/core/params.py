@@ -483,6 +483,11 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
 
     Call it in the first cell after the parameters: any other plain-data global is reported as an
     unknown key, so a misspelt section in a ``-f`` file does not pass silently.
+
+    The parameters cell may show its base file's values (``base = "smoke.yaml"``, ``train = {"lambda": 1000,
+    ...}``) and record them in ``_shown`` (``_shown = dict(base=base, run=run, ...)``, the cell's last line). When
+    papermill injects another ``base`` (``papermill -f params/X.yaml``), the sections it did not inject (the very
+    objects of ``_shown``) are dropped: they show the notebook's base, not X's, so X's base decides them.
     """
     plain = (dict, list, str, int, float, bool, type(None))
     ignored = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -490,6 +495,9 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
         k: v for k, v in namespace.items()
         if not k.startswith("_") and k not in ignored and isinstance(v, plain)
     }
+    shown = namespace.get("_shown")
+    if isinstance(shown, dict) and values.get("base", DEFAULT_BASE) != shown.get("base", DEFAULT_BASE):
+        values = {k: v for k, v in values.items() if k == "base" or k not in shown or v is not shown[k]}
     return validate(values, where)
 
 

@@ -62,6 +62,24 @@ def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markd
 
 
 # ---------------------------------------------------------------------------------------------- plots
+def table2_share_data(counts: pd.DataFrame) -> pd.DataFrame:
+    """Share of entries per dataset in the paper's Table 2 and in a build (``task_counts.csv`` of
+    :func:`coinlib.data.pairs.load_or_build`: ``dataset``, ``paper_count``, ``entries``)."""
+    return counts.assign(paper=counts.paper_count / counts.paper_count.sum(),
+                         ours=counts.entries / max(counts.entries.sum(), 1))[["dataset", "paper", "ours"]]
+
+
+def plot_table2_share(share: pd.DataFrame) -> plt.Figure:
+    """Horizontal bars per dataset: the paper's share of entries beside this build's (:func:`table2_share_data`)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    share.set_index("dataset")[["paper", "ours"]].iloc[::-1].plot.barh(ax=ax, width=0.8)
+    ax.set_xlabel("share of entries")
+    ax.set_ylabel("")
+    ax.set_title("Entries per dataset: paper Table 2 vs this build")
+    return fig
+
+
 def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
     """Table 1 as bars: accuracy per category and model role, error bars = mean over the category's tasks and groups
     of the std over instructions (``mean_task_std``); one panel per source."""
