@@ -10,13 +10,13 @@ import logging
 
 from coinlib.core.groups import LEVELS, RULE_LEVELS
 from coinlib.perturb.promptset import (
-from coinlib.perturb.semantic import model_rephraser
-from coinlib.perturb.synonyms import default_synonyms
     META_KEYS,
     build_prompt_set,
     clean_instructions,
     write_prompt_set,
 )
+from coinlib.perturb.semantic import model_rephraser
+from coinlib.perturb.synonyms import default_synonyms
 
 
 def main(argv: list[str] | None = None) -> None:
