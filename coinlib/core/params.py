@@ -484,10 +484,10 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
     Call it in the first cell after the parameters: any other plain-data global is reported as an
     unknown key, so a misspelt section in a ``-f`` file does not pass silently.
 
-    The parameters cell may show its base file's values (``base = "smoke.yaml"``, ``train = {"lambda": 1000,
-    ...}``) and record them in ``_shown`` (``_shown = dict(base=base, run=run, ...)``, the cell's last line). When
-    papermill injects another ``base`` (``papermill -f params/X.yaml``), the sections it did not inject (the very
-    objects of ``_shown``) are dropped: they show the notebook's base, not X's, so X's base decides them.
+    The parameters cell may show its base file's values (``base = "smoke.yaml"``, ``train = {"lambda": 1000, ...}``)
+    and record them in ``_shown`` (``_shown = {"base": base, "run": run, ...}``, one ``=`` per line so papermill
+    parses the cell). When papermill injects another ``base`` (``papermill -f params/X.yaml``), the sections it did
+    not inject (the very objects of ``_shown``) are dropped: they show the notebook's base, not X's.
     """
     plain = (dict, list, str, int, float, bool, type(None))
     ignored = {"In", "Out", "exit", "quit", "get_ipython"}
