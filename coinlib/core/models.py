@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from coinlib.core.fileio import atomic_folder
 from coinlib.core.precision import bf16_is_fast
 from coinlib.core.sources import MODELS, cache_dir
 
@@ -54,13 +54,12 @@ def offline_model_dir(alias: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_folder(target, fill)
 
 
 def resolve_model(name: str, revision: str | None = None) -> tuple[str, str | None, str | None]:

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coinlib.core.sources import REPO_ROOT, source_key
+from coinlib.core.formats import InputFormat
+from coinlib.core.groups import EVAL_GROUPS, LEVELS
+from coinlib.core.paths import FIGURES_DIR, PARAMS_DIR, REPO_ROOT, RUNS_DIR
+from coinlib.core.sources import source_key
 from coinlib.core.tasks import task_names
 
 if TYPE_CHECKING:
     import argparse
 
-PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
 SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
 #: ``train.lr_scheduler`` values transformers accepts with the arguments training passes (warm-up and step count
@@ -39,8 +41,6 @@ REPORT_TO = ("tensorboard", "wandb", "azure_ml", "comet_ml", "mlflow", "neptune"
              "dagshub", "flyte", "dvclive", "swanlab", "kubeflow")
 #: A run name: one folder name below ``run.output_root`` (no separator, not ``.``/``..``, not empty).
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
-ALL_GROUPS = "average"  # group label of rows pooled over every group
 
 
 class ParamsError(ValueError):
@@ -75,8 +75,8 @@ class RunParams(_Section):
     name: str = Field(description="run name: outputs go to <output_root>/<name>, figures to figures/<name>")
     seed: int = Field(0, ge=0, lt=2**32, description="seed for every random choice (sampling, shuffling, "
                       "initialisation); numpy's seeds are 0 <= seed < 2**32")
-    output_root: str = Field("runs", description="folder (relative to the repository) for run outputs")
-    figures_root: str = Field("figures", description="folder (relative to the repository) for figures")
+    output_root: str = Field(RUNS_DIR, description="folder (relative to the repository) for run outputs")
+    figures_root: str = Field(FIGURES_DIR, description="folder (relative to the repository) for figures")
     mirror: Optional[str] = Field(
         "auto", description="local data mirror root; 'auto' = $COIN_DATA_MIRROR or ../shared/data; 'hub' = online"
     )
@@ -136,7 +136,7 @@ class DataParams(_Section):
         "kept out of training pools drawn from GLUE evaluation splits; must be >= evaluate.n_per_task "
         "(== with evaluate.sample: reference)"
     )
-    extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
+    extra_positive_levels: list[Literal[LEVELS]] = Field(
         default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
         "is the entry's own template perturbed (beyond the paper); [] = template paraphrases only"
     )
@@ -224,7 +224,7 @@ class EvaluateParams(_Section):
         "data.eval_holdout == n_per_task")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
-    input_format: Literal["paper", "train", "chat"] = "paper"
+    input_format: InputFormat = "paper"
     scoring: Literal["generate", "rank"] = "generate"
     max_new_tokens: int = Field(7, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -494,6 +494,11 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
 
     Call it in the first cell after the parameters: any other plain-data global is reported as an
     unknown key, so a misspelt section in a ``-f`` file does not pass silently.
+
+    The parameters cell may show its base file's values (``base = "smoke.yaml"``, ``train = {"lambda": 1000, ...}``)
+    and record them in ``_shown`` (``_shown = {"base": base, "run": run, ...}``, one ``=`` per line so papermill
+    parses the cell). When papermill injects another ``base`` (``papermill -f params/X.yaml``), the sections it did
+    not inject (the very objects of ``_shown``) are dropped: they show the notebook's base, not X's.
     """
     plain = (dict, list, str, int, float, bool, type(None))
     ignored = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -501,6 +506,9 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
         k: v for k, v in namespace.items()
         if not k.startswith("_") and k not in ignored and isinstance(v, plain)
     }
+    shown = namespace.get("_shown")
+    if isinstance(shown, dict) and values.get("base", DEFAULT_BASE) != shown.get("base", DEFAULT_BASE):
+        values = {k: v for k, v in values.items() if k == "base" or k not in shown or v is not shown[k]}
     return validate(values, where)
 
 

@@ -19,7 +19,6 @@ import difflib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
-from coinlib.core.fileio import update_digest
+from coinlib.core.fileio import atomic_folder, update_digest
+from coinlib.core.promptsets import load_prompt_set
 from coinlib.core.sources import (
     DATASETS,
     JSON_ARTIFACTS,
@@ -41,7 +41,7 @@ from coinlib.core.tasks import EVAL_SAMPLE_SEED, held_out_rows
 from coinlib.data.augment import add_perturbed_positives
 from coinlib.data.flan import (
     ADAPTERS,
-    TASKS,
+    FLAN_TASKS,
     Example,
     FlanTemplates,
     TaskAdapter,
@@ -104,19 +104,19 @@ def resolve_tasks(names: Iterable[str]) -> list[str]:
     for name in names:
         key = str(name).strip().lower()
         if key == "all":
-            wanted.update(TASKS)
+            wanted.update(FLAN_TASKS)
         elif key in ADAPTERS:
             wanted.add(key)
         elif key in ALIASES:
             wanted.update(ALIASES[key])
         else:
-            close = difflib.get_close_matches(key, [*TASKS, *ALIASES], n=3)
+            close = difflib.get_close_matches(key, [*FLAN_TASKS, *ALIASES], n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(TASKS)}; "
+            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(FLAN_TASKS)}; "
                             f"aliases: {', '.join(ALIASES)}.")
     if not wanted:
         raise DataError("data.tasks is empty. Fix: list FLAN task names, or use [all].")
-    return [t for t in TASKS if t in wanted]
+    return [t for t in FLAN_TASKS if t in wanted]
 
 
 # ------------------------------------------------------------------------------------------ pools
@@ -206,7 +206,7 @@ class _TaskSampler:
 
     def __init__(self, pool: TaskPool, seed: int, replacement: bool):
         self.pool = pool
-        self.rng = np.random.default_rng([seed, TASKS.index(pool.name)])
+        self.rng = np.random.default_rng([seed, FLAN_TASKS.index(pool.name)])
         self.replacement = replacement
         self.order = self.rng.permutation(len(pool.examples))
         self.cursor = 0
@@ -340,7 +340,6 @@ def eval_instructions(prompt_sets: Iterable[str], mirror: str | os.PathLike | No
 
     Sets are read with :func:`coinlib.core.promptsets.load_prompt_set`, exactly as the evaluation reads them.
     """
-    from coinlib.core.promptsets import load_prompt_set
 
     out = []
     for name in prompt_sets:
@@ -377,7 +376,7 @@ def task_counts(entries: list[dict[str, Any]], pools: Pools) -> "pd.DataFrame":
     by_name = {p.name: p for p in pools.pools}
     skips = {s.task: s.reason for s in pools.skips}
     rows = []
-    for name in [t for t in TASKS if t in by_name or t in skips]:
+    for name in [t for t in FLAN_TASKS if t in by_name or t in skips]:
         a, p = ADAPTERS[name], by_name.get(name)
         rows.append({
             "category": a.category, "task": name, "dataset": a.display, "paper_count": a.paper_count,
@@ -429,31 +428,25 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     counts = task_counts(entries, pools)
     ds = datasets.Dataset.from_list(entries)
 
+    def fill(tmp: Path) -> None:
+        ds.save_to_disk(str(tmp / "dataset"))
+        with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
+            for e in entries:
+                fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+        counts.to_csv(tmp / "task_counts.csv", index=False)
+        report = {
+            "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
+            "templates_source": pools.templates_source,
+            "skipped": [vars(s) for s in pools.skips],
+            "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
+            "prompt_sets_checked": prompt_sets,
+        }
+        report.update(key, files=built_files(tmp))
+        (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+
     out = P.data_dir
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ds.save_to_disk(str(tmp / "dataset"))
-    with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
-        for e in entries:
-            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
-    counts.to_csv(tmp / "task_counts.csv", index=False)
-    report = {
-        "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
-        "templates_source": pools.templates_source,
-        "skipped": [vars(s) for s in pools.skips],
-        "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
-        "prompt_sets_checked": prompt_sets,
-    }
-    report.update(key, files=built_files(tmp))
-    (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished the same build in between: its bytes are the same
-        if not (out / "dataset").is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Another process may finish the same build in between: its bytes are the same, so its folder will do.
+    atomic_folder(out, fill, accept_existing=lambda folder: (folder / "dataset").is_dir())
     return datasets.load_from_disk(str(out / "dataset"))
 
 

@@ -32,13 +32,14 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
-from coinlib.core.models import ModelUnavailable
-from coinlib.core.params import EVAL_GROUPS
+from coinlib.core.formats import format_input, paper_prompt
+from coinlib.core.groups import EVAL_GROUPS
+from coinlib.core.models import ModelUnavailable, load_tokenizer, resolve_model
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
 from coinlib.core.tasks import SAMPLES, get_task, load_task, task_names
 from coinlib.evaluate.metrics import BASE_LABEL, summarize as summarize_predictions
 from coinlib.evaluate.runner import PREDICTION_COLUMNS
-from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, label_token_ids, parse_label
+from coinlib.evaluate.scoring import label_continuation, label_token_ids, parse_label
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def doc_to_text_template(instruction: str) -> str:
     """Jinja template lm-eval renders into the paper's input for a doc with a ``content`` field."""
     if any(marker in instruction for marker in _RAW):
         raise LmEvalError(f"instruction {instruction!r} contains a Jinja raw marker; it cannot be exported verbatim")
-    return f"{_RAW[0]}{instruction}{_RAW[1]}{{{{content}}}}{PAPER_RESPONSE}"
+    return paper_prompt(f"{_RAW[0]}{instruction}{_RAW[1]}{{{{content}}}}")
 
 
 def _check_template(template: str, instruction: str, content: str) -> None:
@@ -168,8 +169,6 @@ def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_tas
 def hf_model_args(model: str, adapter: str | None = None, dtype: str = "float32", revision: str | None = None) -> str:
     """``--model_args`` of lm-eval's HF backend for ``model`` as ``model.name`` accepts it (offline alias, folder, hub
     id; :func:`coinlib.core.models.resolve_model`), with an optional LoRA adapter folder."""
-    from coinlib.core.models import resolve_model
-
     path, gguf, rev = resolve_model(model, revision)
     if gguf:
         raise LmEvalError(f"model {model!r} is a GGUF file; lm-eval's HF backend needs a model folder or hub id. "
@@ -221,8 +220,6 @@ class _LabelTokens:
         if not name or name in self.failed:
             return "{}"
         if name not in self.loaded:
-            from coinlib.core.models import load_tokenizer
-
             try:
                 self.loaded[name] = load_tokenizer(name, _model_args(model_args).get("revision"))
             except Exception as exc:  # noqa: BLE001 (missing folder, hub unreachable, no tokenizer files)

@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write
+from coinlib.core.params import add_set_argument, load_params_or_exit
 from coinlib.core.promptsets import load_prompt_set, select
 from coinlib.core.sources import repo_relative
 from coinlib.core.tasks import get_task, load_task
@@ -202,7 +203,7 @@ def _plan(P: "Params") -> tuple[list[ModelSpec], list[Unit], Path, dict[str, pd.
 
 
 def _evaluate_units(P, units, specs, data, cache, rank, scorer) -> None:
-    from coinlib.evaluate.scoring import score_instruction
+    from coinlib.evaluate.scoring import score_instruction  # imports torch: only when something is evaluated
 
     scorer = scorer or score_instruction
     e = P.evaluate
@@ -225,7 +226,7 @@ def _load(P: "Params", spec: ModelSpec):
     """The base model in eval mode, with ``spec``'s adapter applied (frozen) when it has one."""
     import torch
 
-    from coinlib.core.models import load_model
+    from coinlib.core.models import load_model  # torch and transformers: only when a model is loaded
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     base, tokenizer = load_model(P.model.model_copy(update={"adapter": None}), device=device)
@@ -337,8 +338,6 @@ def log_to_tensorboard(P: "Params", summary: pd.DataFrame) -> Path | None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    from coinlib.core.params import add_set_argument, load_params_or_exit
-
     ap = argparse.ArgumentParser(prog="python -m coinlib.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")

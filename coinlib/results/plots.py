@@ -16,17 +16,14 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
+from coinlib.core.groups import GROUP_LABELS
 from coinlib.core.tasks import CATEGORIES
 from coinlib.evaluate.metrics import instruction_accuracy
-from coinlib.results.tables import ROLE_LABELS, average_over_tasks
+from coinlib.results.tables import ROLE_LABELS, STUDY_METRICS, average_over_tasks
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
     "semantic": "#9467bd", "average": "#222222",
-}
-GROUP_LABELS = {
-    "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
-    "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
 }
 ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
 SOURCE_LABELS = {"paper": "paper", "ours": "ours"}
@@ -65,6 +62,24 @@ def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markd
 
 
 # ---------------------------------------------------------------------------------------------- plots
+def table2_share_data(counts: pd.DataFrame) -> pd.DataFrame:
+    """Share of entries per dataset in the paper's Table 2 and in a build (``task_counts.csv`` of
+    :func:`coinlib.data.pairs.load_or_build`: ``dataset``, ``paper_count``, ``entries``)."""
+    return counts.assign(paper=counts.paper_count / counts.paper_count.sum(),
+                         ours=counts.entries / max(counts.entries.sum(), 1))[["dataset", "paper", "ours"]]
+
+
+def plot_table2_share(share: pd.DataFrame) -> plt.Figure:
+    """Horizontal bars per dataset: the paper's share of entries beside this build's (:func:`table2_share_data`)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    share.set_index("dataset")[["paper", "ours"]].iloc[::-1].plot.barh(ax=ax, width=0.8)
+    ax.set_xlabel("share of entries")
+    ax.set_ylabel("")
+    ax.set_title("Entries per dataset: paper Table 2 vs this build")
+    return fig
+
+
 def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
     """Table 1 as bars: accuracy per category and model role, error bars = mean over the category's tasks and groups
     of the std over instructions (``mean_task_std``); one panel per source."""
@@ -392,8 +407,6 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
     """Arm minus reference per group for one input format: each seed's difference as a point, the mean over seeds
     with its 95% t-interval, and a grey band of ± the minimum detectable difference (rows of
     :func:`coinlib.evaluate.compare.long_format` per seed and of :func:`coinlib.evaluate.compare.across_seeds`)."""
-    from coinlib.results.tables import STUDY_METRICS
-
     use_style()
     labels = labels or {}
     groups = list(dict.fromkeys(per_seed["group"]))

@@ -11,12 +11,12 @@ import pandas as pd
 from coinlib.core.fileio import atomic_write_text
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
 from coinlib.study.spec import BASE_KEY, StudySpec
-from coinlib.study.store import _read_meta
+from coinlib.study.store import _read_meta, runs_dir
 
 
 def committed_runs(spec: StudySpec) -> pd.DataFrame:
     """Every run x format of the spec (and any other seed found committed): status, wall times, headline metrics."""
-    root = spec.committed_dir / "runs"
+    root = runs_dir(spec)
     keys = [(BASE_KEY, BASE_KEY, None)] if spec.base_model else []
     found = {p.name for p in root.iterdir()} if root.is_dir() else set()
     for arm in spec.arms:
@@ -49,7 +49,7 @@ def _headline(summary: pd.DataFrame) -> dict[str, float]:
 
 def load_committed_predictions(spec: StudySpec, key: str, fmt: str, label: str) -> Optional[pd.DataFrame]:
     """A committed evaluation's predictions with the model relabelled ``label`` (None when not committed)."""
-    path = spec.committed_dir / "runs" / key / f"eval-{fmt}" / "predictions.parquet"
+    path = runs_dir(spec) / key / f"eval-{fmt}" / "predictions.parquet"
     return pd.read_parquet(path).assign(model=label) if path.is_file() else None
 
 
@@ -72,7 +72,7 @@ def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     """Tables (CSV + Markdown) and the figure of the study from its committed outputs, into ``spec.committed_dir``."""
-    from coinlib.results import plots, tables
+    from coinlib.results import plots, tables  # matplotlib: only when the report is drawn
 
     runs = committed_runs(spec)
     per_seed = per_seed_comparisons(spec, runs)

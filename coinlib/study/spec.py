@@ -11,10 +11,11 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, parse_sets, read_yaml, sets_note, validate
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.formats import INPUT_FORMATS, InputFormat
+from coinlib.core.paths import FIGURES_DIR, REPO_ROOT
 
 BASE_KEY = "base"
-FORMATS = ("train", "paper", "chat")
+FORMATS = INPUT_FORMATS
 
 
 class StudyError(RuntimeError):
@@ -39,7 +40,7 @@ class GateSpec(_Spec):
 
     arm: str = "cit"
     seed: int = 0
-    format: Literal["train", "paper", "chat"] = "train"
+    format: InputFormat = "train"
     task: str = "sst2"
     group: str = "clean"
     metric: Literal["cal_acc", "auc", "mean_acc"] = "cal_acc"
@@ -53,7 +54,7 @@ class CheckpointSpec(_Spec):
 
     at: list[float] = Field(default_factory=list, description="fractions of train.max_steps, each in (0, 1)")
     arms: Optional[list[str]] = Field(None, description="arms evaluated part-way (None: every arm)")
-    format: Literal["train", "paper", "chat"] = "train"
+    format: InputFormat = "train"
     evaluate: dict[str, Any] = Field(default_factory=dict, description="overrides of the evaluate section")
 
     @model_validator(mode="after")
@@ -83,12 +84,12 @@ class StudySpec(_Spec):
     arms: dict[str, ArmSpec]
     reference: str = Field("cit", description="arm every other arm is compared with (differences: arm - reference)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    formats: list[Literal["train", "paper", "chat"]] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
+    formats: list[InputFormat] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
     gate: GateSpec = Field(default_factory=GateSpec)
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     train_gate: TrainGateSpec = Field(default_factory=TrainGateSpec)
-    committed_root: str = Field("figures", description="committed outputs go to <committed_root>/<name>/")
+    committed_root: str = Field(FIGURES_DIR, description="committed outputs go to <committed_root>/<name>/")
     commit_progress: bool = Field(
         False, description="copy each training run's newest checkpoint into the committed folder at every save "
         "(runs/<key>/train-progress/), so a run longer than a session resumes in the next from the repository "

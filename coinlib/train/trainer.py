@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from coinlib.core.fileio import atomic_write, atomic_write_text
+from coinlib.core.fileio import atomic_folder, atomic_write, atomic_write_text
 from coinlib.core.models import load_model
-from coinlib.core.params import Params, TrainParams
+from coinlib.core.params import Params, TrainParams, add_set_argument, load_params, load_params_or_exit
+from coinlib.data.pairs import load_or_build
 from coinlib.train.batching import (
     IGNORE,
     PairCollator,
@@ -393,7 +394,6 @@ def last_complete_checkpoint(folder: Path, move_aside: bool = True) -> str | Non
 
 def check_resumable(P: Params) -> None:
     """Refuse to resume checkpoints written with other model, data or training settings."""
-    from coinlib.core.params import load_params
 
     saved_path = P.run_dir / "params.yaml"
     if not saved_path.is_file():
@@ -424,24 +424,16 @@ def _finished(P: Params, checkpoint: Path) -> bool:
 
 def train(P: Params, callbacks: list[TrainerCallback] | None = None) -> Path:
     """Train the run ``P`` on the contrastive dataset of ``coinlib.data.pairs``; returns the adapter folder."""
-    from coinlib.data.pairs import load_or_build
-
     return train_on(P, load_or_build(P), callbacks=callbacks)
 
 
 def save_adapter(model, folder: Path, P: Params) -> Path:
     """Save the LoRA adapter (safetensors) and the resolved parameters, replacing ``folder`` atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
+
+    return atomic_folder(folder, fill)
 
 
 def write_log(history: list[dict[str, Any]], path: Path) -> pd.DataFrame:
@@ -460,7 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: build or load the data, train, print the adapter folder."""
     import argparse
 
-    from coinlib.core.params import add_set_argument, load_params_or_exit
 
     ap = argparse.ArgumentParser(prog="python -m coinlib.train",
                                  description="Train COIN (or CIT) as a parameter file says.")
