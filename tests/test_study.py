@@ -471,3 +471,20 @@ def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_t
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert json.loads((folder / "stage.json").read_text())["step"] == 4
     assert not list(folder.parent.glob(".*"))  # no temporary folders left
+
+
+def test_dose_response_takes_the_arms_that_differ_only_in_lambda(tmp_path):
+    spec = study_spec.load_spec(SPEC)
+    dose = report.dose_arms(spec)
+    assert dose == {"cit": 0.0, "coin": 1000.0, "coin-l10": 10.0, "coin-l100": 100.0}  # coin-xpos changes the data
+    runs = pd.DataFrame([dict(run=f"{a}-s{s}", arm=a, seed=s, format="train", status=st, cal_acc=0.7 - lam / 1e4,
+                              auc=0.8, flip_rate_cal=0.1 + lam / 1e4)
+                         for a, lam in [*dose.items(), ("coin-xpos", -1)] for s, st in ((0, "done"), (1, "not run"))])
+    got = report.dose_response(spec, runs)
+    assert list(got["arm"]) == ["cit", "coin-l10", "coin-l100", "coin"] and list(got["lambda"]) == [0, 10, 100, 1000]
+    from coinlib.results import plots
+
+    fig = plots.plot_dose_response(got)
+    assert [ax.get_xscale() for ax in fig.axes] == ["symlog"] * 3
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [0, 10, 100, 1000] and list(line.get_ydata()) == pytest.approx([70, 69.9, 69, 60])

@@ -447,6 +447,30 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
     return fig
 
 
+def plot_dose_response(data: pd.DataFrame,
+                       metrics: tuple[str, ...] = ("cal_acc", "auc", "flip_rate_cal")) -> plt.Figure:
+    """Metrics against the contrastive weight lambda (0 = CIT) for one input format: each seed as a circle, the
+    mean over seeds as a line (``data``: one row per run with ``lambda``, ``seed`` and the metric columns)."""
+    use_style()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics):
+        ax.scatter(data["lambda"], 100 * data[metric], s=16, facecolors="none", edgecolors="#4c72b0", lw=1)
+        mean = data.groupby("lambda")[metric].mean()
+        ax.plot(mean.index, 100 * mean.to_numpy(), "o-", color=ROLE_COLORS["coin"])
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(sorted(mean.index), [f"{x:g}" for x in sorted(mean.index)])
+        ax.set_xlabel("lambda (0 = CIT)")
+        ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
+    fmt = data["format"].iloc[0] if "format" in data and len(data) else ""
+    counts = data.groupby("lambda")["seed"].nunique()
+    seeds = f"{counts.min()}-{counts.max()}" if counts.min() != counts.max() else f"{counts.min()}"
+    fig.suptitle(f"lambda dose-response ({fmt} format, average over groups; {seeds} seed(s) per lambda: circles, "
+                 "line = mean)")
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def _evaluation_table(path: str | Path, file: str, kind: str, required: set[str]) -> pd.DataFrame:
     """An evaluator's output table (``.parquet`` or CSV); errors name the file and the fix."""

@@ -10,7 +10,7 @@ import pandas as pd
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
-from coinlib.study.spec import BASE_KEY, StudySpec
+from coinlib.study.spec import BASE_KEY, StudySpec, arm_params
 from coinlib.study.store import _read_meta, runs_dir
 
 
@@ -70,6 +70,25 @@ def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
+def dose_arms(spec: StudySpec) -> dict[str, float]:
+    """Arms that differ from the recipe only in the contrastive weight: arm -> lambda (0 for an arm without the
+    contrastive term, e.g. CIT). Arms with other overrides (data, model, other training keys) are left out."""
+    dose = {}
+    for arm, a in spec.arms.items():
+        if a.model or a.data or not set(a.train) <= {"lambda", "contrastive"}:
+            continue
+        P = arm_params(spec, arm, spec.seeds[0])
+        dose[arm] = float(P.train.lambda_) if P.train.contrastive else 0.0
+    return dose
+
+
+def dose_response(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
+    """The committed runs of :func:`dose_arms` with their ``lambda`` (rows of :func:`committed_runs` that are done)."""
+    dose = dose_arms(spec)
+    done = runs[(runs["status"] == "done") & runs["arm"].isin(list(dose))]
+    return done.assign(**{"lambda": done["arm"].map(dose)}).sort_values(["format", "lambda", "seed"])
+
+
 def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     """Tables (CSV + Markdown) and the figure of the study from its committed outputs, into ``spec.committed_dir``."""
     from coinlib.results import plots, tables  # matplotlib: only when the report is drawn
@@ -89,4 +108,10 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
             fig = plots.plot_seed_differences(per_seed[per_seed.format == fmt], across[across.format == fmt], labels)
             plots.save_figure(fig, per_seed[per_seed.format == fmt], out, f"seed_differences_{fmt}")
             plots.plt.close(fig)
-    return {"runs": runs, "per_seed": per_seed, "across": across}
+    dose = dose_response(spec, runs)
+    for fmt in sorted(set(dose["format"])):
+        if dose.loc[dose.format == fmt, "lambda"].nunique() >= 3:  # a curve needs three weights at least
+            fig = plots.plot_dose_response(dose[dose.format == fmt])
+            plots.save_figure(fig, dose[dose.format == fmt], out, f"lambda_dose_{fmt}")
+            plots.plt.close(fig)
+    return {"runs": runs, "per_seed": per_seed, "across": across, "dose": dose}
