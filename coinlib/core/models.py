@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from coinlib.core.fileio import atomic_folder
+from coinlib.core.paths import REPO_ROOT
 from coinlib.core.precision import bf16_is_fast
 from coinlib.core.sources import MODELS, cache_dir
 
@@ -185,7 +186,10 @@ def load_model(params: "ModelParams", device: str | torch.device | None = None):
     if params.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, params.adapter, is_trainable=True)
+        adapter = params.adapter
+        if not Path(adapter).is_dir() and (REPO_ROOT / adapter).is_dir():  # a run's adapter, relative to the repository
+            adapter = str(REPO_ROOT / adapter)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     return model, tokenizer
 
 

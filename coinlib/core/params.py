@@ -136,6 +136,10 @@ class DataParams(_Section):
         "kept out of training pools drawn from GLUE evaluation splits; must be >= evaluate.n_per_task "
         "(== with evaluate.sample: reference)"
     )
+    seed_offset: int = Field(
+        0, ge=0, description="the data sample and order follow run.seed + seed_offset (e.g. a fresh sample for a run "
+        "that continues another run's adapter)"
+    )
     extra_positive_levels: list[Literal[LEVELS]] = Field(
         default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
         "is the entry's own template perturbed (beyond the paper); [] = template paraphrases only"

@@ -419,10 +419,11 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     mirror = P.run.mirror
     pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout, sample=P.evaluate.sample)
     caps = task_caps({p.name: p.adapter.paper_count for p in pools.pools}, P.data.task_caps, P.data.size)
-    entries = build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement, caps, progress)
+    seed = P.run.seed + P.data.seed_offset
+    entries = build_entries(pools.pools, P.data.size, seed, P.data.replacement, caps, progress)
     if P.data.extra_positive_levels:  # perturbed own template as extra positives (coinlib.data.augment)
 
-        entries = add_perturbed_positives(entries, pools.pools, P.data.extra_positive_levels, P.run.seed)
+        entries = add_perturbed_positives(entries, pools.pools, P.data.extra_positive_levels, seed)
     prompt_sets = list(dict.fromkeys([*P.data.eval_prompt_sets, P.evaluate.prompt_set]))
     check_leakage(entries, eval_instructions(prompt_sets, mirror))
     counts = task_counts(entries, pools)
@@ -435,7 +436,7 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
                 fh.write(json.dumps(e, ensure_ascii=False) + "\n")
         counts.to_csv(tmp / "task_counts.csv", index=False)
         report = {
-            "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
+            "size_requested": P.data.size, "size_built": len(entries), "seed": seed,
             "templates_source": pools.templates_source,
             "skipped": [vars(s) for s in pools.skips],
             "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],

@@ -234,6 +234,12 @@ class Driver:
         from transformers import set_seed
 
         P = plan.train
+        continued = self.spec.arms[plan.arm].continues
+        if continued is not None:  # its starting adapter first
+            start = next(p for p in expand(self.spec, [continued], [plan.seed], base_model=False))
+            if not self._adapter_ready(start.train):
+                self.log(f"[study] {plan.key} continues {start.key}: training {start.key} first")
+                self._train(start)
         digest = settings_digest(P, "train")
         clock_file = P.run_dir / "study_train.json"
         callbacks: list[TrainerCallback] = []

@@ -10,7 +10,7 @@ import pandas as pd
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
-from coinlib.study.spec import BASE_KEY, StudySpec, arm_params
+from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, reference_of
 from coinlib.study.store import _read_meta, runs_dir
 
 
@@ -60,12 +60,13 @@ def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["status"] == "done"]
     for fmt in spec.formats:
         for arm in (a for a in spec.arms if a != spec.reference):
+            ref = reference_of(spec, arm)
             seeds = sorted(set(done.loc[(done.arm == arm) & (done.format == fmt), "seed"])
-                           & set(done.loc[(done.arm == spec.reference) & (done.format == fmt), "seed"]))
+                           & set(done.loc[(done.arm == ref) & (done.format == fmt), "seed"]))
             for seed in seeds:
-                both = [load_committed_predictions(spec, f"{a}-s{int(seed)}", fmt, a) for a in (arm, spec.reference)]
-                paired = paired_bootstrap(pd.concat(both, ignore_index=True), arm, spec.reference, spec.n_boot, seed=0)
-                parts.append(long_format(paired).assign(format=fmt, arm=arm, reference=spec.reference, seed=int(seed)))
+                both = [load_committed_predictions(spec, f"{a}-s{int(seed)}", fmt, a) for a in (arm, ref)]
+                paired = paired_bootstrap(pd.concat(both, ignore_index=True), arm, ref, spec.n_boot, seed=0)
+                parts.append(long_format(paired).assign(format=fmt, arm=arm, reference=ref, seed=int(seed)))
     columns = ["format", "arm", "reference", "seed", "group", "metric", "a", "b", "diff", "diff_low", "diff_high", "se"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
@@ -104,9 +105,11 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     markdown = tables.study_markdown(runs, per_seed, across, labels, spec.alpha, spec.power)
     atomic_write_text(out / "study.md", markdown)
     if len(per_seed):
-        for fmt in sorted(set(per_seed["format"])):
-            fig = plots.plot_seed_differences(per_seed[per_seed.format == fmt], across[across.format == fmt], labels)
-            plots.save_figure(fig, per_seed[per_seed.format == fmt], out, f"seed_differences_{fmt}")
+        for (fmt, ref), rows in per_seed.groupby(["format", "reference"], sort=True):
+            name = f"seed_differences_{fmt}" + ("" if ref == spec.reference else f"_vs_{ref}")
+            summary = across[(across.format == fmt) & across["arm"].isin(set(rows["arm"]))]
+            fig = plots.plot_seed_differences(rows, summary, labels)
+            plots.save_figure(fig, rows, out, name)
             plots.plt.close(fig)
     dose = dose_response(spec, runs)
     for fmt in sorted(set(dose["format"])):

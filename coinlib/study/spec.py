@@ -30,6 +30,10 @@ class ArmSpec(_Spec):
     """One arm: a display label and overrides of the recipe's ``model``, ``data`` and ``train`` sections."""
 
     label: str
+    compare_to: Optional[str] = Field(None, description="arm this arm is compared with (default: the spec's "
+                                      "reference)")
+    continues: Optional[str] = Field(None, description="arm whose adapter (same seed) this arm continues training; "
+                                     "it is trained first when its adapter is not in runs/")
     model: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -82,7 +86,8 @@ class StudySpec(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     params: str = Field(description="the recipe: a parameter file, relative to this file's folder or params/")
     arms: dict[str, ArmSpec]
-    reference: str = Field("cit", description="arm every other arm is compared with (differences: arm - reference)")
+    reference: str = Field("cit", description="arm every other arm is compared with (differences: arm - reference), "
+                           "unless the arm names its own compare_to")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     formats: list[InputFormat] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
@@ -110,6 +115,13 @@ class StudySpec(_Spec):
                           *(("checkpoints.arms", a) for a in self.checkpoints.arms or [])):
             if arm not in self.arms:
                 raise ValueError(f"{what} {arm!r} is not an arm (arms: {', '.join(self.arms)})")
+        for arm, a in self.arms.items():
+            if a.compare_to is not None and (a.compare_to not in self.arms or a.compare_to == arm):
+                raise ValueError(f"arms.{arm}.compare_to {a.compare_to!r} is not another arm")
+            if a.continues is not None and (a.continues not in self.arms or a.continues == arm
+                                            or self.arms[a.continues].continues is not None):
+                raise ValueError(f"arms.{arm}.continues {a.continues!r}: name another arm that does not itself "
+                                 "continue one")
         if self.gate.format not in self.formats:
             raise ValueError(f"gate.format {self.gate.format!r} is not among formats {self.formats}")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.formats)) != len(self.formats):
@@ -130,6 +142,11 @@ class StudySpec(_Spec):
         """``<committed_root>/<name>``: the report; ``runs/`` below it holds each run's committed outputs."""
         root = Path(self.committed_root)
         return (root if root.is_absolute() else REPO_ROOT / root) / self.name
+
+
+def reference_of(spec: StudySpec, arm: str) -> str:
+    """The arm ``arm`` is compared with: its ``compare_to``, else the spec's ``reference``."""
+    return spec.arms[arm].compare_to or spec.reference
 
 
 def load_spec(path: str | Path, sets: Sequence[str] = ()) -> StudySpec:
@@ -174,6 +191,11 @@ def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
     overrides = {s: v for s, v in (("model", a.model), ("data", a.data), ("train", a.train)) if v}
     recipe = deep_merge(read_yaml(path), parse_sets(spec.sets))
     values = deep_merge(recipe, {**overrides, "run": {"name": f"{spec.name}-{arm}-s{seed}", "seed": seed}})
+    if a.continues is not None:  # the continued run's adapter, as a path relative to the repository when it is
+        base = arm_params(spec, a.continues, seed)
+        adapter = base.run_dir / "adapter"
+        values.setdefault("model", {})["adapter"] = str(
+            adapter.relative_to(REPO_ROOT) if adapter.is_relative_to(REPO_ROOT) else adapter)
     try:
         return validate(values, f"{spec.source or 'study'}: arms.{arm} over {path}{sets_note(spec.sets)}", path.parent)
     except ParamsError as exc:
