@@ -50,15 +50,21 @@ def test_committed_stage_outputs_are_not_git_ignored():
 def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
     spec = study_spec.load_spec(SPEC)
     plans = study_spec.expand(spec)
-    arms = ["cit", "coin", "coin-xpos", "coin-l10", "coin-l100", "cit-cont", "coin-cont"]
+    arms = ["cit", "coin", "coin-xpos", "coin-l10", "coin-l100", "cit-cont", "coin-cont", "coin-balanced"]
     assert [p.key for p in plans] == ["base", *[f"{arm}-s{seed}" for seed in (0, 1, 2) for arm in arms]]
     by = {p.key: p for p in plans}
-    assert [by[f"{arm}-s0"].train.train.lambda_ for arm in arms] == [1000, 1000, 1000, 10, 100, 1000, 1000]
+    assert [by[f"{arm}-s0"].train.train.lambda_ for arm in arms] == [1000, 1000, 1000, 10, 100, 1000, 1000, 1000]
     for arm in ("cit-cont", "coin-cont"):  # the paper's regime: CIT's adapter of the same seed, a fresh sample
         P = by[f"{arm}-s2"].train
         assert P.model.adapter == "runs/study-sentiment-cit-s2/adapter"
         assert (P.data.size, P.data.seed_offset, P.train.max_steps) == (1280, 1000, 160)
     assert study_spec.reference_of(spec, "coin-cont") == "cit-cont" and study_spec.reference_of(spec, "coin") == "cit"
+    # beyond the paper: COIN with the contrastive gradient balanced, otherwise COIN's run of the seed
+    assert [by[f"{arm}-s0"].train.train.balance for arm in arms] == ["none"] * 7 + ["grad_norm"]
+    balanced = by["coin-balanced-s1"].train
+    assert balanced.train.model_dump(exclude={"balance"}) == by["coin-s1"].train.train.model_dump(exclude={"balance"})
+    assert balanced.data_dir == by["coin-s1"].train.data_dir and balanced.model == by["coin-s1"].train.model
+    assert study_spec.reference_of(spec, "coin-balanced") == "cit"
     cit, coin, xpos = by["cit-s1"].train, by["coin-s1"].train, by["coin-xpos-s1"].train
     assert (cit.run.name, cit.run.seed) == ("study-sentiment-cit-s1", 1)
     assert (cit.train.contrastive, coin.train.contrastive, xpos.train.contrastive) == (False, True, True)

@@ -152,6 +152,12 @@ class TrainParams(_Section):
     contrastive: bool = Field(True, description="False = CIT baseline (generation loss only)")
     lambda_: float = Field(1000.0, alias="lambda", gt=0, description="upper bound of the contrastive weight")
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau")
+    balance: Literal["none", "grad_norm"] = Field(
+        "none", description="beyond the paper: none = the paper's loss, one backward of L_ent + w * L_ctr; grad_norm = "
+        "per optimizer step, the contrastive term's gradient (of w * L_ctr, over the trainable weights, summed over "
+        "the step's micro-batches) is scaled by min(1, |g_ent| / |g_ctr|) so its norm is at most the generation "
+        "gradient's, then added to it (before max_grad_norm clipping); logs balance_scale, grad_norm_gen, "
+        "grad_norm_ctr; two backward passes per micro-batch; one process only; no effect with contrastive false")
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1, description="effective batch size in pairs (micro-batch x accumulation)")
     micro_batch_pairs: int = Field(2, ge=1, description="pairs per forward pass (per process)")
