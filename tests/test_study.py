@@ -123,6 +123,12 @@ def _recipe(tmp_path: Path, **sections) -> dict:
                  ["arms.coin.continues 'coin'"], id="continues-itself"),
     pytest.param({"arms": {"cit": {"label": "CIT", "continues": "coin"}, "coin": {"label": "COIN", "continues": "cit"}}},
                  ["arms.cit.continues 'coin'"], id="continues-a-continuation"),
+    pytest.param({"eval_variants": {"all": {"evaluate": {"n_per_task": 872}, "arms": ["coni"]}}},
+                 ["eval_variants.all.arms: 'coni' is not an arm"], id="variant-arm"),
+    pytest.param({"eval_variants": {"Gen": {"evaluate": {"scoring": "generate"}}}}, ["eval_variants name 'Gen'"],
+                 id="variant-name"),
+    pytest.param({"eval_variants": {"gen": {"evaluate": {"scoring": "generat"}}}}, ["evaluate.scoring"],
+                 id="variant-bad-value"),
     pytest.param({"arms": {"cit": {"label": "CIT"}, "coin": {"label": "COIN", "compare_to": "cot"}}},
                  ["compare_to 'cot' is not another arm"], id="compare-to-unknown"),
     pytest.param({"params": "nowhere.yaml"}, ["params file 'nowhere.yaml' not found"], id="missing-recipe"),
@@ -522,3 +528,38 @@ def test_a_continuing_arm_trains_the_arm_it_continues_first(tmp_path, monkeypatc
     assert (tmp_path / "committed" / "st" / "runs" / "cit-s1" / "train" / "stage.json").is_file()
     driver.Driver(spec, log=lines.append).run_plan(study_spec.expand(spec, arms=["cit"], base_model=False)[0])
     assert fakes.trained == ["st-cit-s1", "st-coin-cont-s1"]  # its adapter was ready: not trained again
+
+
+def test_evaluation_variants_are_stages_of_their_own(tmp_path, monkeypatch):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0], eval_variants={
+        "generate": {"evaluate": {"scoring": "generate"}, "formats": ["paper"]},
+        "all": {"evaluate": {"n_per_task": 872}, "arms": ["coin", "base"]}})
+    plans = {p.key: p for p in study_spec.expand(spec)}
+    # (the spec file lists the variants in key order: all, generate)
+    assert list(plans["coin-s0"].evals) == ["train", "paper", "train-all", "paper-all", "paper-generate"]
+    assert list(plans["cit-s0"].evals) == ["train", "paper", "paper-generate"]
+    assert list(plans["base"].evals) == ["train", "paper", "train-all", "paper-all", "paper-generate"]
+    Pg, Pa = plans["coin-s0"].evals["paper-generate"], plans["coin-s0"].evals["train-all"]
+    assert (Pg.evaluate.scoring, Pg.evaluate.input_format, Pg.run.name) == ("generate", "paper", "st-coin-s0-eval-paper-generate")
+    assert (Pa.evaluate.n_per_task, Pa.evaluate.scoring) == (872, plans["coin-s0"].evals["train"].evaluate.scoring)
+    assert driver.Driver(spec).pending(plans["coin-s0"], formats=["paper"]) == ["train", "eval-paper", "eval-paper-all",
+                                                                               "eval-paper-generate"]
+    assert driver.run_study(spec, log=lambda _: None) == 0
+    done = tmp_path / "committed" / "st" / "runs" / "coin-s0"
+    assert sorted(p.name for p in done.iterdir()) == ["eval-paper", "eval-paper-all", "eval-paper-generate", "eval-train",
+                                                      "eval-train-all", "train"]
+    assert yaml.safe_load((done / "eval-paper-generate" / "params.yaml").read_text())["evaluate"]["scoring"] == "generate"
+    assert all(not driver.Driver(spec).pending(p) for p in plans.values())
+
+
+def test_plan_scales_part_way_and_variant_evaluations_from_the_main_one(tmp_path):
+    recipe = _recipe(tmp_path, train={"max_steps": 8}, evaluate={"n_per_task": 100})
+    spec = study_spec.load_spec(_write_spec(tmp_path, recipe, checkpoints={"at": [0.5], "evaluate": {"n_per_task": 50}},
+                                            eval_variants={"all": {"evaluate": {"n_per_task": 400}}}))
+    plan = study_spec.expand(spec, arms=["coin"], seeds=[0], base_model=False)[0]
+    typical = {"train": 30.0, "eval-train": 100.0}
+    got = {stage: cli.stage_estimate(typical, plan, stage)
+           for stage in ("train", "eval-train", "step4-train", "eval-train-all", "eval-paper", "eval-paper-all")}
+    assert got == {"train": 30.0, "eval-train": 100.0, "step4-train": 50.0, "eval-train-all": 400.0,
+                   "eval-paper": 0.0, "eval-paper-all": 0.0}  # nothing known of the paper format yet

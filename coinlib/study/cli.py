@@ -37,6 +37,27 @@ from coinlib.study.spec import BASE_KEY, FORMATS, StudyError, expand, load_spec
 from coinlib.study.store import _params_yaml, _rel, runs_dir, stage_times, warn_if_git_ignored
 
 
+def _size(P) -> int:
+    e = P.evaluate
+    return e.n_per_task * len(e.tasks) * len(e.groups)
+
+
+def stage_estimate(typical: dict[str, float], plan, stage: str) -> float:
+    """Seconds a stage should take: the median of its kind when committed before; for a part-way or variant
+    evaluation, its format's main evaluation scaled by instances x tasks x groups (0 when nothing is known)."""
+    if stage in typical:
+        return typical[stage]
+    if stage.startswith("step") and "-" in stage:
+        Pe = plan.checkpoints.get(int(stage[4:].split("-")[0]))
+    elif stage.startswith("eval-"):
+        Pe = plan.evals.get(stage.removeprefix("eval-"))
+    else:
+        return 0.0
+    main = plan.evals.get(Pe.evaluate.input_format) if Pe is not None else None
+    base = typical.get(f"eval-{Pe.evaluate.input_format}") if Pe is not None else None
+    return base * _size(Pe) / _size(main) if base and main is not None else 0.0
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m coinlib.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +96,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             typical, left = stage_times(spec), 0.0
             for plan in expand(spec, arms, args.seeds, args.formats, base):
                 todo = driver.pending(plan)
-                need = sum(typical.get(stage, 0.0) for stage in todo)
+                need = sum(stage_estimate(typical, plan, stage) for stage in todo)
                 left += need
                 print(f"{plan.key:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}"
                       + (f" (about {need / 60:.0f} min)" if need else ""))

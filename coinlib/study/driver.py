@@ -163,15 +163,15 @@ class Driver:
         needs a snapshot not in ``runs/``), then ``eval-<format>``, then ``step<N>-<format>``.
         Committed stages with other settings raise :class:`StudyError` unless ``replace_stale``."""
         todo, stale = [], []
-        for fmt, Pe in plan.evals.items():
-            if formats is not None and fmt not in formats:
+        for key, Pe in plan.evals.items():
+            if formats is not None and Pe.evaluate.input_format not in formats:
                 continue
-            folder = stage_dir(self.spec, plan.key, f"eval-{fmt}")
+            folder = stage_dir(self.spec, plan.key, f"eval-{key}")
             state = stage_state(folder, settings_digest(Pe, "evaluate", plan.train), Pe)
             if state == "stale" and not self.replace_stale:
                 stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pe)) or 'training settings'})")
             if state != "done":
-                todo.append(f"eval-{fmt}")
+                todo.append(f"eval-{key}")
         finals_pending, snapshots_needed = bool(todo), False
         for step, Pc in plan.checkpoints.items():
             if formats is not None and Pc.evaluate.input_format not in formats:
@@ -291,9 +291,9 @@ class Driver:
         self._done(plan.key, "train", wall, folder)
         return True
 
-    def _evaluate(self, plan: RunPlan, fmt: str) -> None:
+    def _evaluate(self, plan: RunPlan, key: str) -> None:
         adapter = str(plan.train.run_dir / "adapter") if plan.train is not None else None
-        self._evaluate_stage(plan, f"eval-{fmt}", plan.evals[fmt], adapter)
+        self._evaluate_stage(plan, f"eval-{key}", plan.evals[key], adapter)
 
     def _evaluate_checkpoint(self, plan: RunPlan, step: int) -> None:
         self._evaluate_stage(plan, plan.checkpoint_stage(step), plan.checkpoints[step],

@@ -70,6 +70,21 @@ class CheckpointSpec(_Spec):
         return self
 
 
+class EvalVariantSpec(_Spec):
+    """Another evaluation of each run beside the main one (e.g. generate scoring, or every instance of a task): the
+    recipe's evaluation with ``evaluate`` overriding part of it, stage ``eval-<format>-<variant name>``."""
+
+    evaluate: dict[str, Any] = Field(min_length=1, description="overrides of the evaluate section")
+    formats: Optional[list[InputFormat]] = Field(None, description="input formats (None: the spec's)")
+    arms: Optional[list[str]] = Field(None, description="arms (None: every arm; the base model with base_model)")
+
+    @model_validator(mode="after")
+    def _no_identity(self) -> "EvalVariantSpec":
+        if {"adapters", "include_base", "input_format"} & set(self.evaluate):
+            raise ValueError("eval_variants: evaluate cannot set adapters, include_base or input_format")
+        return self
+
+
 class TrainGateSpec(_Spec):
     """Go/no-go on training: every arm at ``seed`` trains to fraction ``at`` of ``train.max_steps`` first; each one's
     generation loss (mean of the last quarter of logged steps against the first quarter) must fall by more than
@@ -93,6 +108,9 @@ class StudySpec(_Spec):
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
     gate: GateSpec = Field(default_factory=GateSpec)
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    eval_variants: dict[str, EvalVariantSpec] = Field(default_factory=dict, description="further evaluations of "
+                                                      "every run by name, e.g. {generate: {evaluate: {scoring: "
+                                                      "generate}}}")
     train_gate: TrainGateSpec = Field(default_factory=TrainGateSpec)
     committed_root: str = Field(FIGURES_DIR, description="committed outputs go to <committed_root>/<name>/")
     commit_progress: bool = Field(
@@ -115,6 +133,12 @@ class StudySpec(_Spec):
                           *(("checkpoints.arms", a) for a in self.checkpoints.arms or [])):
             if arm not in self.arms:
                 raise ValueError(f"{what} {arm!r} is not an arm (arms: {', '.join(self.arms)})")
+        for name, v in self.eval_variants.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+                raise ValueError(f"eval_variants name {name!r}: use lowercase letters, digits or '_'")
+            for arm in v.arms or []:
+                if arm not in self.arms and arm != BASE_KEY:
+                    raise ValueError(f"eval_variants.{name}.arms: {arm!r} is not an arm (arms: {', '.join(self.arms)})")
         for arm, a in self.arms.items():
             if a.compare_to is not None and (a.compare_to not in self.arms or a.compare_to == arm):
                 raise ValueError(f"arms.{arm}.compare_to {a.compare_to!r} is not another arm")
@@ -165,6 +189,9 @@ def load_spec(path: str | Path, sets: Sequence[str] = ()) -> StudySpec:
         raise StudyError("\n".join(lines)) from None
     for arm in spec.arms:  # every arm must give valid parameters
         arm_params(spec, arm, spec.seeds[0])
+    for name, v in spec.eval_variants.items():  # and every evaluation variant valid evaluation parameters
+        eval_params(arm_params(spec, spec.reference, spec.seeds[0]), (v.formats or spec.formats)[0], None, name,
+                    v.evaluate)
     return spec
 
 
@@ -202,14 +229,32 @@ def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
         raise StudyError(str(exc)) from None
 
 
-def eval_params(P: Params, fmt: str, adapter: Optional[str]) -> Params:
+def eval_params(P: Params, fmt: str, adapter: Optional[str], variant: str = "",
+                overrides: Optional[dict[str, Any]] = None) -> Params:
     """Evaluation of ``adapter`` (a run name; None = the base model) in input format ``fmt``, as run
-    ``<run>-eval-<fmt>``."""
+    ``<run>-eval-<fmt>`` (``<run>-eval-<fmt>-<variant>`` with the variant's ``overrides`` of the evaluate section)."""
     values = P.model_dump(by_alias=True, exclude={"base"})
     values["base"] = None
-    values["run"]["name"] = f"{P.run.name}-eval-{fmt}"
+    values["run"]["name"] = f"{P.run.name}-eval-{fmt}" + (f"-{variant}" if variant else "")
+    values["evaluate"].update(overrides or {})
     values["evaluate"].update(input_format=fmt, adapters=[adapter] if adapter else [], include_base=adapter is None)
-    return validate(values, f"evaluation {values['run']['name']}")
+    try:
+        return validate(values, f"evaluation {values['run']['name']}")
+    except ParamsError as exc:
+        raise StudyError(str(exc)) from None
+
+
+def run_evals(spec: StudySpec, arm: str, P: Params, adapter: Optional[str], formats: list[str]) -> dict[str, Params]:
+    """A run's evaluations by stage key: ``<format>`` for the main one, ``<format>-<variant>`` for each of
+    :attr:`StudySpec.eval_variants` that includes ``arm`` and the format."""
+    evals = {f: eval_params(P, f, adapter) for f in formats}
+    for name, v in spec.eval_variants.items():
+        if v.arms is not None and arm not in v.arms:
+            continue
+        for f in formats:
+            if v.formats is None or f in v.formats:
+                evals[f"{f}-{name}"] = eval_params(P, f, adapter, name, v.evaluate)
+    return evals
 
 
 def stop_steps(P: Params, fractions: list[float]) -> list[int]:
@@ -259,11 +304,11 @@ def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[i
     if spec.base_model if base_model is None else base_model:
         base = arm_params(spec, spec.reference, spec.seeds[0]).model_copy(deep=True)
         base.run.name = f"{spec.name}-{BASE_KEY}"
-        plans.append(RunPlan(BASE_KEY, BASE_KEY, None, None, {f: eval_params(base, f, None) for f in formats}))
+        plans.append(RunPlan(BASE_KEY, BASE_KEY, None, None, run_evals(spec, BASE_KEY, base, None, formats)))
     for seed in seeds:
         for arm in arms:
             P = arm_params(spec, arm, seed)
-            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, {f: eval_params(P, f, P.run.name) for f in formats},
+            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, run_evals(spec, arm, P, P.run.name, formats),
                                  checkpoint_evals(spec, arm, P)))
     return plans
 
@@ -273,4 +318,4 @@ def pilot_plan(spec: StudySpec) -> RunPlan:
     P = arm_params(spec, spec.gate.arm, spec.gate.seed)
     formats = [spec.gate.format, *[f for f in spec.formats if f != spec.gate.format]]
     return RunPlan(f"{spec.gate.arm}-s{spec.gate.seed}", spec.gate.arm, spec.gate.seed, P,
-                   {f: eval_params(P, f, P.run.name) for f in formats}, checkpoint_evals(spec, spec.gate.arm, P))
+                   run_evals(spec, spec.gate.arm, P, P.run.name, formats), checkpoint_evals(spec, spec.gate.arm, P))
