@@ -38,7 +38,7 @@ from coinlib.core.models import ModelUnavailable, load_tokenizer, resolve_model
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
 from coinlib.core.tasks import SAMPLES, get_task, load_task, task_names
 from coinlib.evaluate.metrics import BASE_LABEL, summarize as summarize_predictions
-from coinlib.evaluate.runner import PREDICTION_COLUMNS
+from coinlib.evaluate.runner import PREDICTION_COLUMNS, write_tables
 from coinlib.evaluate.scoring import label_continuation, label_token_ids, parse_label
 
 log = logging.getLogger(__name__)
@@ -309,10 +309,7 @@ def summarize_logs(log_dir: str | Path, out_dir: str | Path, mode: str | None = 
     """Write ``predictions.parquet`` (+ ``.csv``) and ``summary.csv`` as ``python -m coinlib.evaluate`` does."""
     predictions = read_logs(log_dir, mode, label, tokenizer)
     summary = summarize_predictions(predictions, n_boot=n_boot, seed=seed)
-    out = Path(out_dir)
-    atomic_write(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
-    atomic_write(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
-    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    write_tables(Path(out_dir), predictions, summary)
     return predictions, summary
 
 

@@ -83,6 +83,14 @@ class Unit:
         return cache / model_dir / task_dir / self.group / f"{self.instruction_id:03d}-{digest}.parquet"
 
 
+def write_tables(out: Path, predictions: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """``predictions.parquet`` (+ ``.csv``) and ``summary.csv`` in ``out``, each written atomically: what every
+    evaluation (this runner, lm-eval's logs) leaves behind."""
+    atomic_write(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
+    atomic_write(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
+    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+
+
 @dataclass
 class EvalTables:
     predictions: pd.DataFrame
@@ -305,10 +313,7 @@ def merge(P: "Params", units: list[Unit] | None = None, cache: Path | None = Non
         )
     predictions = pd.concat(frames, ignore_index=True)
     summary = summarize(predictions, n_boot=P.evaluate.n_boot, seed=P.run.seed)
-    out = eval_dir(P)
-    atomic_write(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
-    atomic_write(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
-    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    write_tables(eval_dir(P), predictions, summary)
     log_to_tensorboard(P, summary)
     return EvalTables(predictions, summary)
 
