@@ -563,3 +563,16 @@ def test_plan_scales_part_way_and_variant_evaluations_from_the_main_one(tmp_path
            for stage in ("train", "eval-train", "step4-train", "eval-train-all", "eval-paper", "eval-paper-all")}
     assert got == {"train": 30.0, "eval-train": 100.0, "step4-train": 50.0, "eval-train-all": 400.0,
                    "eval-paper": 0.0, "eval-paper-all": 0.0}  # nothing known of the paper format yet
+
+
+def test_table3_layout_from_the_committed_sentiment_runs():
+    spec = study_spec.load_spec(SPEC).model_copy(update={"n_boot": 50})
+    sections = report.paper_sections(spec, "train")
+    groups = sections["groups"].set_index("group")
+    committed = pd.read_csv(store.runs_dir(spec) / "cit-s0" / "eval-train" / "summary.csv")
+    clean = committed.loc[committed["group"] == "clean", "mean_acc"].iloc[0]
+    assert groups.loc["clean", "ours smollm2-135m-instruct: CIT"].startswith(f"{100 * clean:.1f} ± ")
+    assert groups.loc["clean", "paper Alpaca-7B: COIN"] == "91.4 ± 0.7"  # Table 3, SST-2, clean instructions
+    assert list(dict.fromkeys(sections["paired"]["comparison"])) == ["COIN - CIT", "CIT - base", "COIN - base"]
+    assert list(sections["tasks"]["task"]) == ["sst2"]
+    assert report.paper_sections(spec.model_copy(update={"seeds": [7]}), "train") == {}  # nothing committed

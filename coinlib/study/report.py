@@ -49,8 +49,7 @@ def _headline(summary: pd.DataFrame) -> dict[str, float]:
 
 def load_committed_predictions(spec: StudySpec, key: str, fmt: str, label: str) -> Optional[pd.DataFrame]:
     """A committed evaluation's predictions with the model relabelled ``label`` (None when not committed)."""
-    path = runs_dir(spec) / key / f"eval-{fmt}" / "predictions.parquet"
-    return pd.read_parquet(path).assign(model=label) if path.is_file() else None
+    return load_committed_predictions_at(spec, key, f"eval-{fmt}", label)
 
 
 def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +89,33 @@ def dose_response(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
     return done.assign(**{"lambda": done["arm"].map(dose)}).sort_values(["format", "lambda", "seed"])
 
 
+def paper_sections(spec: StudySpec, fmt: str, stage: str = "") -> dict[str, pd.DataFrame]:
+    """Table 3's layout for one seed (the first) of the reference arm (CIT), the ``coin`` arm and the base model in
+    format ``fmt`` (stage ``eval-<fmt>``, or ``stage``): accuracy ± std per group beside the paper's, per task
+    under the clean instructions, and the paired differences; empty when fewer than two of them are committed."""
+    from coinlib.evaluate.metrics import summarize
+    from coinlib.results.report import group_table, paired_markdown_table, paired_table, task_table
+
+    seed = spec.seeds[0]
+    keys = {"base": BASE_KEY, "cit": f"{spec.reference}-s{seed}", "coin": f"coin-s{seed}" if "coin" in spec.arms else ""}
+    frames = [load_committed_predictions_at(spec, key, stage or f"eval-{fmt}", role) for role, key in keys.items() if key]
+    frames = [f for f in frames if f is not None]
+    if len(frames) < 2:
+        return {}
+    predictions = pd.concat(frames, ignore_index=True)
+    roles = {r: r for r in dict.fromkeys(predictions["model"])}
+    summary = summarize(predictions, n_boot=spec.n_boot, seed=0)
+    model = arm_params(spec, spec.reference, seed).model.name
+    return {"groups": group_table(summary, roles, model), "tasks": task_table(summary, roles),
+            "paired": paired_markdown_table(paired_table(predictions, roles, spec.n_boot, seed=0))}
+
+
+def load_committed_predictions_at(spec: StudySpec, key: str, stage: str, label: str) -> Optional[pd.DataFrame]:
+    """A committed stage's predictions with the model relabelled ``label`` (None when not committed)."""
+    path = runs_dir(spec) / key / stage / "predictions.parquet"
+    return pd.read_parquet(path).assign(model=label) if path.is_file() else None
+
+
 def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     """Tables (CSV + Markdown) and the figure of the study from its committed outputs, into ``spec.committed_dir``."""
     from coinlib.results import plots, tables  # matplotlib: only when the report is drawn
@@ -111,6 +137,13 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
             fig = plots.plot_seed_differences(rows, summary, labels)
             plots.save_figure(fig, rows, out, name)
             plots.plt.close(fig)
+    for fmt in spec.formats:
+        sections = paper_sections(spec, fmt)
+        if sections:
+            text = "\n".join(f"### {name}\n\n{tables.to_markdown(t)}" for name, t in sections.items())
+            atomic_write_text(out / f"table3_{fmt}.md", f"# Table 3 layout, {fmt} format, seed {spec.seeds[0]}\n\n"
+                              "Accuracy ± std over instructions (%), the paper's (Alpaca-7B) beside ours; "
+                              "paired differences with 95% bootstrap intervals.\n\n" + text)
     dose = dose_response(spec, runs)
     for fmt in sorted(set(dose["format"])):
         if dose.loc[dose.format == fmt, "lambda"].nunique() >= 3:  # a curve needs three weights at least
