@@ -10,6 +10,8 @@ import pandas as pd
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
+from coinlib.evaluate.metrics import summarize
+from coinlib.results.report import group_table, paired_markdown_table, paired_table, task_table
 from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, reference_of
 from coinlib.study.store import _read_meta, runs_dir
 
@@ -93,9 +95,6 @@ def paper_sections(spec: StudySpec, fmt: str, stage: str = "") -> dict[str, pd.D
     """Table 3's layout for one seed (the first) of the reference arm (CIT), the ``coin`` arm and the base model in
     format ``fmt`` (stage ``eval-<fmt>``, or ``stage``): accuracy ± std per group beside the paper's, per task
     under the clean instructions, and the paired differences; empty when fewer than two of them are committed."""
-    from coinlib.evaluate.metrics import summarize
-    from coinlib.results.report import group_table, paired_markdown_table, paired_table, task_table
-
     seed = spec.seeds[0]
     keys = {"base": BASE_KEY, "cit": f"{spec.reference}-s{seed}", "coin": f"coin-s{seed}" if "coin" in spec.arms else ""}
     frames = [load_committed_predictions_at(spec, key, stage or f"eval-{fmt}", role) for role, key in keys.items() if key]
