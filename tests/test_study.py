@@ -78,8 +78,14 @@ def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
     assert cit.train.model_dump(exclude={"contrastive"}) == coin.train.model_dump(exclude={"contrastive"})
     assert xpos.train == coin.train and xpos.model == coin.model == cit.model
     for p in plans:
-        assert list(p.evals) == ["train", "paper"]
-        for fmt, e in p.evals.items():
+        every_instance = p.arm in {"cit", "coin", "coin-l10", "coin-l100", "coin-balanced", "cit-cont", "coin-cont"}
+        assert list(p.evals) == ["train", "paper", *(["train-all"] if every_instance else [])]
+        if every_instance:  # the final comparisons on all 872 SST-2 validation instances, train format
+            full = p.evals["train-all"]
+            assert (full.evaluate.n_per_task, full.evaluate.input_format) == (872, "train")
+            assert full.evaluate.model_dump(exclude={"n_per_task"}) == p.evals["train"].evaluate.model_dump(
+                exclude={"n_per_task"})
+        for fmt, e in ((f, e) for f, e in p.evals.items() if f != "train-all"):
             assert e.evaluate.input_format == fmt and e.evaluate.scoring == "rank"
             assert (e.evaluate.tasks, e.evaluate.n_per_task, e.evaluate.n_instructions) == (["sst2"], 200, None)
             assert e.evaluate.groups == ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
@@ -91,7 +97,8 @@ def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
                 assert (e.evaluate.include_base, e.evaluate.adapters) == (False, [p.train.run.name])
                 assert e.run.name == f"{p.train.run.name}-eval-{fmt}"
                 assert e.run_dir.parent / p.train.run.name == p.train.run_dir  # the runner finds the adapter
-    assert study_spec.pilot_plan(spec).key == "cit-s0" and list(study_spec.pilot_plan(spec).evals) == ["train", "paper"]
+    assert study_spec.pilot_plan(spec).key == "cit-s0" and list(study_spec.pilot_plan(spec).evals) == [
+        "train", "paper", "train-all"]
     subset = study_spec.expand(spec, arms=["coin"], seeds=[4], formats=["paper"], base_model=False)
     assert [(p.key, list(p.evals)) for p in subset] == [("coin-s4", ["paper"])]
 
