@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import pandas as pd
 import yaml
 from tqdm import tqdm
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.core.precision import precision_record
@@ -231,8 +231,6 @@ class Driver:
         """Train ``plan`` to its end (True) or to step ``until`` (False), pausing at each missing snapshot's step to
         evaluate it. A snapshot whose step the local checkpoints have passed needs training from the start: the old
         run folder is kept beside it as ``<run>.replaced``."""
-        from transformers import set_seed
-
         P = plan.train
         continued = self.spec.arms[plan.arm].continues
         if continued is not None:  # its starting adapter first
