@@ -29,7 +29,7 @@ def main() -> None:
                       "data": {"tasks": ["all"], "size": args.size, "replacement": True}})
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
-        pools = pairs.load_pools(P.data.tasks, P.run.mirror, P.data.eval_holdout)
+        pools = pairs.load_pools(P.data.tasks, P.run.mirror, P.data.eval_holdout, sample=P.evaluate.sample)
         stages["pools"] = time.perf_counter() - t0
         t = time.perf_counter()
         entries = pairs.build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement)

@@ -511,7 +511,7 @@ def section_runner(check: Check, state: dict[str, Any]):
             devices.append(str(next(model.parameters()).device))
             return model, tok
 
-        with mock.patch.object(runner, "load_task", lambda t, n_, mirror=None: frames[t]), \
+        with mock.patch.object(runner, "load_task", lambda t, n_, mirror=None, sample="shared": frames[t]), \
                 mock.patch.object(runner, "_load", load_and_record), mock.patch.dict(os.environ, {"LOCAL_RANK": "0"}):
             assert runner.run_evaluation(P, rank=1, world_size=2) is None  # rank 1: its shard only
             tables = runner.run_evaluation(P, rank=0, world_size=2)  # rank 0: its shard, then the merge

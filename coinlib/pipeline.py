@@ -28,11 +28,10 @@ from typing import Any, Sequence
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.core.params import ParamsError, add_set_argument, load_params
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.paths import NOTEBOOKS_DIR, REPO_ROOT, RUNS_DIR
 
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "coin"
-COMMIT_RUNS = REPO_ROOT / "runs" / "commit-outputs"
+COMMIT_RUNS = REPO_ROOT / RUNS_DIR / "commit-outputs"
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:

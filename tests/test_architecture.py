@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "coinlib"
 #: Stage packages, lowest first: a module may import its own stage or a lower one, never a higher one.
 LAYERS = ["core", "perturb", "data", "train", "evaluate", "results", "study", "pipeline"]
-#: Beyond the order (DESIGN.md section 3): stage -> module prefixes it never imports. Evaluation never needs
+#: Beyond the order (docs/stages.md, "Architecture"): stage -> module prefixes it never imports. Evaluation never needs
 #: training; results only read outputs and draw: no training, no model inference or loading, no study driver.
 FORBIDDEN = {
     "evaluate": ("coinlib.train",),

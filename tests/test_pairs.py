@@ -199,3 +199,17 @@ def test_table2_scaled_caps_keep_proportions_and_fill_the_size(pools):
     assert {name: sum(e["task"] == name for e in built) for name in caps} == caps
     with pytest.raises(pairs.DataError, match="unknown data.task_caps 'table3'"):
         pairs.task_caps(counts, "table3", 600)
+
+
+def test_seed_offset_draws_a_fresh_sample_with_the_same_run_seed(tmp_path, mirror):
+    def params(**data):
+        return validate({"run": {"name": "t", "seed": 3, "output_root": str(tmp_path), "mirror": str(mirror)},
+                         "data": {"tasks": ["cola"], "size": 24, **data}})
+
+    base, fresh = params(), params(seed_offset=1000)
+    assert base.data_dir != fresh.data_dir
+    a, b = pairs.build(base, progress=False).to_list(), pairs.build(fresh, progress=False).to_list()
+    assert [e["instance_id"] for e in a] != [e["instance_id"] for e in b]
+    assert [e["instance_id"] for e in b] == [e["instance_id"] for e in pairs.build(
+        validate({"run": {"name": "t", "seed": 1003, "output_root": str(tmp_path / "o"), "mirror": str(mirror)},
+                  "data": {"tasks": ["cola"], "size": 24}}), progress=False).to_list()]  # = run.seed + offset

@@ -13,6 +13,7 @@ from coinlib.core.params import (
     deep_merge,
     load_params,
     notebook_params,
+    read_yaml,
 )
 
 
@@ -159,3 +160,28 @@ def test_scheduler_and_report_choices_are_those_transformers_accepts():
             continue
         works.add(kind.value)
     assert set(LR_SCHEDULERS) == works - {"reduce_lr_on_plateau", "greedy"}  # those two need an eval strategy
+
+
+def _parameters_cell(notebook) -> str:
+    import nbformat
+
+    cells = [c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{notebook.name}: one cell tagged 'parameters'"
+    return cells[0].source
+
+
+@pytest.mark.parametrize("notebook", sorted((PARAMS_DIR.parent / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebook_parameters_cells_show_the_smoke_values_and_yield_to_papermill_files(notebook):
+    """What a parameters cell shows is params/smoke.yaml's; a `papermill -f` file with another base is not mixed
+    with the values shown (papermill injects the file's top-level keys as variables after the cell)."""
+    cell = _parameters_cell(notebook)
+    for section in ("model", "train", "data", "evaluate"):  # the values a reader changes are on view
+        assert f"\n{section} = {{" in cell and "{}" not in cell.split(f"\n{section} = ", 1)[1].split("\n", 1)[0]
+    ns: dict = {}
+    exec(cell, ns)
+    ns.pop("__builtins__")
+    smoke = load_params(PARAMS_DIR / "smoke.yaml")
+    assert notebook_params(dict(ns)).model_dump() == smoke.model_dump()
+    for name in ("lambda10.yaml", "cpu-mini.yaml", "cit.yaml"):  # another base; the smoke base with some sections
+        injected = {**ns, **read_yaml(PARAMS_DIR / name)}
+        assert notebook_params(injected).model_dump() == load_params(PARAMS_DIR / name).model_dump(), name

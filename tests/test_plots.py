@@ -302,3 +302,14 @@ def test_instruction_figure_draws_every_instruction_and_their_mean(tmp_path, cap
     assert len(drawn) == 24 and drawn["instruction"].iloc[0] == "clean 0"
     assert figures.main(["instructions", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "fig")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_table2_share_compares_the_paper_mix_with_a_build():
+    counts = pd.DataFrame({"dataset": ["a", "b", "c"], "paper_count": [3, 1, 0], "entries": [2, 2, 0]})
+    share = figures.table2_share_data(counts)
+    assert share.columns.tolist() == ["dataset", "paper", "ours"]
+    assert share["paper"].tolist() == [0.75, 0.25, 0.0] and share["ours"].tolist() == [0.5, 0.5, 0.0]
+    fig = figures.plot_table2_share(share)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["c", "b", "a"]
+    empty = figures.table2_share_data(counts.assign(entries=0))  # nothing built: shares 0, not NaN
+    assert empty["ours"].tolist() == [0.0, 0.0, 0.0]

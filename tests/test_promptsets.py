@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import coinlib.core.promptsets as prompts
-from coinlib.core.params import EVAL_GROUPS
+from coinlib.core.groups import EVAL_GROUPS
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
 from coinlib.core.tasks import GLUE_TASKS
 

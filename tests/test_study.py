@@ -50,10 +50,21 @@ def test_committed_stage_outputs_are_not_git_ignored():
 def test_shipped_spec_expands_into_arms_x_seeds_with_both_formats():
     spec = study_spec.load_spec(SPEC)
     plans = study_spec.expand(spec)
-    arms = ["cit", "coin", "coin-xpos", "coin-l10", "coin-l100"]
+    arms = ["cit", "coin", "coin-xpos", "coin-l10", "coin-l100", "cit-cont", "coin-cont", "coin-balanced"]
     assert [p.key for p in plans] == ["base", *[f"{arm}-s{seed}" for seed in (0, 1, 2) for arm in arms]]
     by = {p.key: p for p in plans}
-    assert [by[f"{arm}-s0"].train.train.lambda_ for arm in arms] == [1000, 1000, 1000, 10, 100]
+    assert [by[f"{arm}-s0"].train.train.lambda_ for arm in arms] == [1000, 1000, 1000, 10, 100, 1000, 1000, 1000]
+    for arm in ("cit-cont", "coin-cont"):  # the paper's regime: CIT's adapter of the same seed, a fresh sample
+        P = by[f"{arm}-s2"].train
+        assert P.model.adapter == "runs/study-sentiment-cit-s2/adapter"
+        assert (P.data.size, P.data.seed_offset, P.train.max_steps) == (1280, 1000, 160)
+    assert study_spec.reference_of(spec, "coin-cont") == "cit-cont" and study_spec.reference_of(spec, "coin") == "cit"
+    # beyond the paper: COIN with the contrastive gradient balanced, otherwise COIN's run of the seed
+    assert [by[f"{arm}-s0"].train.train.balance for arm in arms] == ["none"] * 7 + ["grad_norm"]
+    balanced = by["coin-balanced-s1"].train
+    assert balanced.train.model_dump(exclude={"balance"}) == by["coin-s1"].train.train.model_dump(exclude={"balance"})
+    assert balanced.data_dir == by["coin-s1"].train.data_dir and balanced.model == by["coin-s1"].train.model
+    assert study_spec.reference_of(spec, "coin-balanced") == "cit"
     cit, coin, xpos = by["cit-s1"].train, by["coin-s1"].train, by["coin-xpos-s1"].train
     assert (cit.run.name, cit.run.seed) == ("study-sentiment-cit-s1", 1)
     assert (cit.train.contrastive, coin.train.contrastive, xpos.train.contrastive) == (False, True, True)
@@ -108,6 +119,12 @@ def _recipe(tmp_path: Path, **sections) -> dict:
     pytest.param({"reference": "coin2"}, ["reference 'coin2' is not an arm"], id="unknown-reference"),
     pytest.param({"gate": {"format": "chat"}}, ["gate.format 'chat'"], id="gate-format"),
     pytest.param({"sedes": [0]}, ["sedes", "Extra inputs"], id="unknown-key"),
+    pytest.param({"arms": {"cit": {"label": "CIT"}, "coin": {"label": "COIN", "continues": "coin"}}},
+                 ["arms.coin.continues 'coin'"], id="continues-itself"),
+    pytest.param({"arms": {"cit": {"label": "CIT", "continues": "coin"}, "coin": {"label": "COIN", "continues": "cit"}}},
+                 ["arms.cit.continues 'coin'"], id="continues-a-continuation"),
+    pytest.param({"arms": {"cit": {"label": "CIT"}, "coin": {"label": "COIN", "compare_to": "cot"}}},
+                 ["compare_to 'cot' is not another arm"], id="compare-to-unknown"),
     pytest.param({"params": "nowhere.yaml"}, ["params file 'nowhere.yaml' not found"], id="missing-recipe"),
 ])
 def test_bad_spec_names_the_key_and_the_fix(tmp_path, spec, fragments):
@@ -471,3 +488,36 @@ def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_t
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert json.loads((folder / "stage.json").read_text())["step"] == 4
     assert not list(folder.parent.glob(".*"))  # no temporary folders left
+
+
+def test_dose_response_takes_the_arms_that_differ_only_in_lambda(tmp_path):
+    spec = study_spec.load_spec(SPEC)
+    dose = report.dose_arms(spec)
+    assert dose == {"cit": 0.0, "coin": 1000.0, "coin-l10": 10.0, "coin-l100": 100.0}  # coin-xpos changes the data
+    runs = pd.DataFrame([dict(run=f"{a}-s{s}", arm=a, seed=s, format="train", status=st, cal_acc=0.7 - lam / 1e4,
+                              auc=0.8, flip_rate_cal=0.1 + lam / 1e4)
+                         for a, lam in [*dose.items(), ("coin-xpos", -1)] for s, st in ((0, "done"), (1, "not run"))])
+    got = report.dose_response(spec, runs)
+    assert list(got["arm"]) == ["cit", "coin-l10", "coin-l100", "coin"] and list(got["lambda"]) == [0, 10, 100, 1000]
+    from coinlib.results import plots
+
+    fig = plots.plot_dose_response(got)
+    assert [ax.get_xscale() for ax in fig.axes] == ["symlog"] * 3
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [0, 10, 100, 1000] and list(line.get_ydata()) == pytest.approx([70, 69.9, 69, 60])
+
+
+def test_a_continuing_arm_trains_the_arm_it_continues_first(tmp_path, monkeypatch):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[1], arms={
+        "cit": {"label": "CIT", "train": {"contrastive": False}},
+        "coin-cont": {"label": "COIN continued", "continues": "cit", "data": {"seed_offset": 7}}})
+    plan = study_spec.expand(spec, arms=["coin-cont"], base_model=False)[0]
+    assert plan.train.model.adapter == str(tmp_path / "runs" / "st-cit-s1" / "adapter")  # outside the repository
+    lines: list[str] = []
+    driver.Driver(spec, log=lines.append).run_plan(plan)
+    assert fakes.trained == ["st-cit-s1", "st-coin-cont-s1"]
+    assert any("continues cit-s1: training cit-s1 first" in line for line in lines)
+    assert (tmp_path / "committed" / "st" / "runs" / "cit-s1" / "train" / "stage.json").is_file()
+    driver.Driver(spec, log=lines.append).run_plan(study_spec.expand(spec, arms=["cit"], base_model=False)[0])
+    assert fakes.trained == ["st-cit-s1", "st-coin-cont-s1"]  # its adapter was ready: not trained again

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from coinlib.core.params import validate
-from coinlib.core.reference import PAPER_LAMBDAS, paper_tables
+from coinlib.core.paper_numbers import PAPER_LAMBDAS, paper_tables
 from coinlib.results import tables as report
 from coinlib.results.inputs import MissingInput, lambda_runs
 

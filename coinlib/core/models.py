@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from coinlib.core.fileio import atomic_folder
+from coinlib.core.paths import REPO_ROOT
 from coinlib.core.precision import bf16_is_fast
 from coinlib.core.sources import MODELS, cache_dir
 
@@ -54,13 +55,12 @@ def offline_model_dir(alias: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_folder(target, fill)
 
 
 def resolve_model(name: str, revision: str | None = None) -> tuple[str, str | None, str | None]:
@@ -186,7 +186,10 @@ def load_model(params: "ModelParams", device: str | torch.device | None = None):
     if params.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, params.adapter, is_trainable=True)
+        adapter = params.adapter
+        if not Path(adapter).is_dir() and (REPO_ROOT / adapter).is_dir():  # a run's adapter, relative to the repository
+            adapter = str(REPO_ROOT / adapter)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     return model, tokenizer
 
 

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coinlib.core.sources import REPO_ROOT, source_key
+from coinlib.core.formats import InputFormat
+from coinlib.core.groups import EVAL_GROUPS, LEVELS
+from coinlib.core.paths import FIGURES_DIR, PARAMS_DIR, REPO_ROOT, RUNS_DIR
+from coinlib.core.sources import source_key
 from coinlib.core.tasks import task_names
 
 if TYPE_CHECKING:
     import argparse
 
-PARAMS_DIR = REPO_ROOT / "params"
 DEFAULT_BASE = "smoke.yaml"
 SECTIONS = ("run", "model", "data", "train", "evaluate", "analysis")
 #: ``train.lr_scheduler`` values transformers accepts with the arguments training passes (warm-up and step count
@@ -39,8 +41,6 @@ REPORT_TO = ("tensorboard", "wandb", "azure_ml", "comet_ml", "mlflow", "neptune"
              "dagshub", "flyte", "dvclive", "swanlab", "kubeflow")
 #: A run name: one folder name below ``run.output_root`` (no separator, not ``.``/``..``, not empty).
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-EVAL_GROUPS = ["clean", "deepwordbug", "textfooler", "checklist", "semantic"]
-ALL_GROUPS = "average"  # group label of rows pooled over every group
 
 
 class ParamsError(ValueError):
@@ -75,8 +75,8 @@ class RunParams(_Section):
     name: str = Field(description="run name: outputs go to <output_root>/<name>, figures to figures/<name>")
     seed: int = Field(0, ge=0, lt=2**32, description="seed for every random choice (sampling, shuffling, "
                       "initialisation); numpy's seeds are 0 <= seed < 2**32")
-    output_root: str = Field("runs", description="folder (relative to the repository) for run outputs")
-    figures_root: str = Field("figures", description="folder (relative to the repository) for figures")
+    output_root: str = Field(RUNS_DIR, description="folder (relative to the repository) for run outputs")
+    figures_root: str = Field(FIGURES_DIR, description="folder (relative to the repository) for figures")
     mirror: Optional[str] = Field(
         "auto", description="local data mirror root; 'auto' = $COIN_DATA_MIRROR or ../shared/data; 'hub' = online"
     )
@@ -132,10 +132,15 @@ class DataParams(_Section):
         "proportions over the tasks that have data, scaled to data.size (needs data.replacement offline)"
     )
     eval_holdout: int = Field(
-        300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks) kept out of training pools "
-        "drawn from GLUE evaluation splits; must be >= evaluate.n_per_task"
+        300, ge=0, description="rows of the evaluation sample (coinlib.core.tasks, the one evaluate.sample names) "
+        "kept out of training pools drawn from GLUE evaluation splits; must be >= evaluate.n_per_task "
+        "(== with evaluate.sample: reference)"
     )
-    extra_positive_levels: list[Literal["character", "word", "sentence", "stresstest", "semantic"]] = Field(
+    seed_offset: int = Field(
+        0, ge=0, description="the data sample and order follow run.seed + seed_offset (e.g. a fresh sample for a run "
+        "that continues another run's adapter)"
+    )
+    extra_positive_levels: list[Literal[LEVELS]] = Field(
         default_factory=list, description="coinlib.perturb levels: per entry and level, one extra row whose positive "
         "is the entry's own template perturbed (beyond the paper); [] = template paraphrases only"
     )
@@ -147,6 +152,12 @@ class TrainParams(_Section):
     contrastive: bool = Field(True, description="False = CIT baseline (generation loss only)")
     lambda_: float = Field(1000.0, alias="lambda", gt=0, description="upper bound of the contrastive weight")
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau")
+    balance: Literal["none", "grad_norm"] = Field(
+        "none", description="beyond the paper: none = the paper's loss, one backward of L_ent + w * L_ctr; grad_norm = "
+        "per optimizer step, the contrastive term's gradient (of w * L_ctr, over the trainable weights, summed over "
+        "the step's micro-batches) is scaled by min(1, |g_ent| / |g_ctr|) so its norm is at most the generation "
+        "gradient's, then added to it (before max_grad_norm clipping); logs balance_scale, grad_norm_gen, "
+        "grad_norm_ctr; two backward passes per micro-batch; one process only; no effect with contrastive false")
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1, description="effective batch size in pairs (micro-batch x accumulation)")
     micro_batch_pairs: int = Field(2, ge=1, description="pairs per forward pass (per process)")
@@ -214,9 +225,16 @@ class EvaluateParams(_Section):
 
     tasks: list[str] = Field(default_factory=task_names, min_length=1, description="evaluation tasks (coinlib.core.tasks)")
     n_per_task: int = Field(300, ge=1, description="instances sampled per task (all when fewer)")
+    sample: Literal["shared", "reference"] = Field(
+        "shared", description="which instances: shared = this project's fixed-seed sample (nested, the same for "
+        "every model; coinlib.core.tasks.sample_indices); reference = the paper's code's own instances, Python's "
+        "random.sample seeded 42 over each validation split in hub order (coinlib.core.tasks."
+        "reference_sample_indices; the paper's instances only where the split is complete, i.e. with the hub or "
+        "for sst2, cola, qnli, wnli, rte, mrpc offline); training then holds that sample out, so it needs "
+        "data.eval_holdout == n_per_task")
     prompt_set: str = Field("coin_eval_prompts", description="prompt set name or path to a JSON/YAML file")
     groups: list[str] = Field(default_factory=lambda: list(EVAL_GROUPS))
-    input_format: Literal["paper", "train", "chat"] = "paper"
+    input_format: InputFormat = "paper"
     scoring: Literal["generate", "rank"] = "generate"
     max_new_tokens: int = Field(7, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -290,7 +308,10 @@ class Params(_Section):
     def data_dir(self) -> Path:
         """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs); the
         digest of the files read and the data format version are checked on load (``coinlib.data.pairs``)."""
-        key = json.dumps([self.data.model_dump(), self.run.seed, source_key(self.run.mirror)], sort_keys=True)
+        parts = [self.data.model_dump(), self.run.seed, source_key(self.run.mirror)]
+        if self.evaluate.sample != "shared":  # the holdout follows the evaluation sample (keys unchanged for shared)
+            parts.append({"eval_holdout_sample": self.evaluate.sample})
+        key = json.dumps(parts, sort_keys=True)
         return _repo_path(self.run.output_root) / "data" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
@@ -483,6 +504,11 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
 
     Call it in the first cell after the parameters: any other plain-data global is reported as an
     unknown key, so a misspelt section in a ``-f`` file does not pass silently.
+
+    The parameters cell may show its base file's values (``base = "smoke.yaml"``, ``train = {"lambda": 1000, ...}``)
+    and record them in ``_shown`` (``_shown = {"base": base, "run": run, ...}``, one ``=`` per line so papermill
+    parses the cell). When papermill injects another ``base`` (``papermill -f params/X.yaml``), the sections it did
+    not inject (the very objects of ``_shown``) are dropped: they show the notebook's base, not X's.
     """
     plain = (dict, list, str, int, float, bool, type(None))
     ignored = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -490,6 +516,9 @@ def notebook_params(namespace: dict[str, Any], where: str = "notebook parameters
         k: v for k, v in namespace.items()
         if not k.startswith("_") and k not in ignored and isinstance(v, plain)
     }
+    shown = namespace.get("_shown")
+    if isinstance(shown, dict) and values.get("base", DEFAULT_BASE) != shown.get("base", DEFAULT_BASE):
+        values = {k: v for k, v in values.items() if k == "base" or k not in shown or v is not shown[k]}
     return validate(values, where)
 
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from coinlib.core.fileio import atomic_write_text
+from coinlib.core.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "COIN_DATA_MIRROR"
 CACHE_ENV = "COIN_CACHE"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def repo_relative(path: str | os.PathLike) -> str:

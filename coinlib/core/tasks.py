@@ -12,12 +12,18 @@ the sample of any ``m >= n`` rows). A task with several splits samples their con
 Training pools that can only come from an evaluated split (QNLI, MNLI, QQP in the offline mirror) exclude every
 row that the sample of ``P.data.eval_holdout`` rows of any task uses (:func:`held_out_rows`), so an evaluation with
 ``n_per_task <= eval_holdout`` is disjoint from training.
+
+``evaluate.sample: reference`` swaps the shared sample for the paper's code's own draw
+(:func:`reference_sample_indices`): ``random.sample`` with seed 42 over the split's rows in hub order, kept in
+draw order. Training then holds out that sample instead (``sample="reference"`` below), which needs
+``data.eval_holdout == evaluate.n_per_task`` because draws of different sizes need not be nested.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import string
 from dataclasses import dataclass
 
@@ -28,6 +34,14 @@ from coinlib.core.sources import load_split
 
 #: Seed of the evaluation sample; the same for every run, so every model sees the same instances.
 EVAL_SAMPLE_SEED = 0
+
+#: Seed of the reference code's sample: luka-group/CoIN run_contrastive_llama.py seeds Python's ``random`` with
+#: its ``--seed`` (default 42, utils/common_utils.py ``seed_all``) before any evaluation row is drawn.
+REFERENCE_SAMPLE_SEED = 42
+
+#: The evaluation samples ``evaluate.sample`` names: ``shared`` (:func:`sample_indices`, nested, sorted) and
+#: ``reference`` (:func:`reference_sample_indices`, the paper's code's instances in its order).
+SAMPLES: tuple[str, ...] = ("shared", "reference")
 
 #: Table 1 (categories of Table 5): category key -> label, in the tables' order.
 CATEGORIES: dict[str, str] = {
@@ -201,50 +215,87 @@ def sample_indices(n_rows: int, n: int, seed: int = EVAL_SAMPLE_SEED) -> list[in
     return sorted(int(i) for i in perm[:n])
 
 
+def reference_sample_indices(n_rows: int, n: int, seed: int = REFERENCE_SAMPLE_SEED, draw: int = 1) -> list[int]:
+    """Row positions the paper's code evaluates for a split of ``n_rows`` rows, in its order (not sorted).
+
+    The reference (luka-group/CoIN) seeds Python's ``random`` once per process, ``seed_all(42)`` at the start of
+    ``run_contrastive_llama.py`` ``main()``, and each dataset construction (``promptbench/dataload.py``,
+    ``GLUE.__init__``) then draws ``random.sample(range(len(data)), min(task_to_cnt[task], sample_cnt))`` over the
+    validation split in hub order (MNLI: validation_matched then validation_mismatched) and ``select``s the rows in
+    that order. ``task_to_cnt`` holds the hub's split sizes, so ``k = min(n, n_rows)`` is the same number when the
+    split is complete. ``draw`` is the draw's place in the process's stream: 1 for the first dataset the process
+    builds (one task with one perturbation method, or the clean group of ``--perturb_method all``, whose methods
+    clean, deepwordbug, textfooler, checklist, semantic draw 1..5 for the same task). A private
+    ``random.Random(seed)`` gives the same numbers as the reference's seeded global ``random`` without touching it.
+    """
+    if n_rows < 0 or n < 0 or draw < 1:
+        raise ValueError(f"reference_sample_indices: n_rows and n must be >= 0 and draw >= 1, "
+                         f"got n_rows={n_rows}, n={n}, draw={draw}")
+    rng, k = random.Random(seed), min(n, n_rows)
+    for _ in range(draw - 1):
+        rng.sample(range(n_rows), k)
+    return rng.sample(range(n_rows), k)
+
+
+def _check_sample(sample: str) -> str:
+    if sample not in SAMPLES:
+        raise ValueError(f"unknown evaluation sample {sample!r}; known: {', '.join(SAMPLES)}")
+    return sample
+
+
 def _split_length(split: Split, mirror) -> int:
     return len(load_split(*split, mirror))
 
 
-def eval_sample(task: str, n: int, mirror: str | os.PathLike | None = "auto", seed: int = EVAL_SAMPLE_SEED,
-                lengths: dict[Split, int] | None = None) -> list[tuple[Split, int]]:
+def eval_sample(task: str, n: int, mirror: str | os.PathLike | None = "auto", seed: int | None = None,
+                lengths: dict[Split, int] | None = None, sample: str = "shared") -> list[tuple[Split, int]]:
     """``(split, row position)`` of each row an evaluation of ``n`` instances of ``task`` uses, in sample order.
 
-    Positions are drawn over the concatenation of the task's splits (:func:`sample_indices`); ``lengths`` gives
-    known split lengths (the others are loaded).
+    Positions are drawn over the concatenation of the task's splits: ``sample="shared"`` with
+    :func:`sample_indices` (sorted), ``"reference"`` with :func:`reference_sample_indices` (the paper's code's
+    draw, in its order); ``seed`` defaults to that sample's seed. ``lengths`` gives known split lengths (the
+    others are loaded).
     """
+    reference = _check_sample(sample) == "reference"
+    if seed is None:
+        seed = REFERENCE_SAMPLE_SEED if reference else EVAL_SAMPLE_SEED
     spec = get_task(task)
     sizes = [(lengths or {}).get(s) for s in spec.splits]
     sizes = [size if size is not None else _split_length(s, mirror) for s, size in zip(spec.splits, sizes)]
     starts = np.cumsum([0, *sizes])
     out = []
-    for pos in sample_indices(int(starts[-1]), n, seed):
+    draw = reference_sample_indices if reference else sample_indices
+    for pos in draw(int(starts[-1]), n, seed):
         part = int(np.searchsorted(starts, pos, side="right")) - 1
         out.append((spec.splits[part], pos - int(starts[part])))
     return out
 
 
 def held_out_rows(split: Split, n: int, mirror: str | os.PathLike | None = "auto", n_rows: int | None = None,
-                  seed: int = EVAL_SAMPLE_SEED) -> set[int]:
-    """Row positions of ``split`` that the sample of ``n`` rows of any registered task uses (empty if none)."""
+                  seed: int | None = None, sample: str = "shared") -> set[int]:
+    """Row positions of ``split`` that the ``sample`` of ``n`` rows of any registered task uses (empty if none)."""
     known = {split: n_rows} if n_rows is not None else {}
     return {pos for t in TASKS.values() if split in t.splits
-            for part, pos in eval_sample(t.name, n, mirror, seed, known) if part == split}
+            for part, pos in eval_sample(t.name, n, mirror, seed, known, sample) if part == split}
 
 
-def load_task(name: str, n: int | None = None, mirror: str | os.PathLike | None = "auto") -> pd.DataFrame:
+def load_task(name: str, n: int | None = None, mirror: str | os.PathLike | None = "auto",
+              sample: str = "shared") -> pd.DataFrame:
     """Rows of a task's evaluation sample as ``instance_id, content, label, gold`` (gold = label word).
 
-    ``n`` selects the shared deterministic sample (:func:`eval_sample`); ``None`` keeps all rows. Instance ids are
-    the rows' ``idx``, prefixed with the config (``mnli_mismatched:12``) for a task of several splits.
+    Rows come in sample order. ``n`` selects the deterministic ``sample`` (:func:`eval_sample`: ``shared`` or ``reference``); ``None`` keeps
+    all rows. Instance ids are the rows' ``idx``, prefixed with the config (``mnli_mismatched:12``) for a task of
+    several splits.
     """
     task = get_task(name)
     data = {s: load_split(*s, mirror) for s in task.splits}
     if n is None:
         chosen = [(s, i) for s in task.splits for i in range(len(data[s]))]
     else:
-        chosen = eval_sample(name, n, mirror, lengths={s: len(d) for s, d in data.items()})
-    # positions are sorted within each split and splits come in order, so this keeps the sample order
-    rows = [(s, r) for s in task.splits for r in data[s].select([i for part, i in chosen if part == s]).to_list()]
+        chosen = eval_sample(name, n, mirror, lengths={s: len(d) for s, d in data.items()}, sample=sample)
+    # select keeps the order it is given, so taking each split's rows in turn follows the sample order
+    picked = {s: iter(data[s].select([i for part, i in chosen if part == s]).to_list()) for s in task.splits}
+    rows = [(s, next(picked[s])) for s, _ in chosen]
     prefix = len(task.splits) > 1
     return pd.DataFrame({
         "instance_id": [f"{s[1]}:{r[task.id_field]}" if prefix else str(r[task.id_field]) for s, r in rows],

@@ -16,11 +16,11 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from coinlib.core.groups import LEVELS
 from coinlib.data.flan import TaskPool, render
 from coinlib.perturb import perturb_instruction, protected_terms
 from coinlib.perturb.promptset import variant_seed
 
-TRAINING_LEVELS = ("character", "word", "sentence", "stresstest", "semantic")
 
 
 def add_perturbed_positives(entries: list[dict[str, Any]], pools: Iterable[TaskPool], levels: Iterable[str],
@@ -31,9 +31,9 @@ def add_perturbed_positives(entries: list[dict[str, Any]], pools: Iterable[TaskP
     that leaves a template unchanged adds no row for that entry.
     """
     levels = list(levels)
-    bad = [lv for lv in levels if lv not in TRAINING_LEVELS]
+    bad = [lv for lv in levels if lv not in LEVELS]
     if bad:
-        raise ValueError(f"unknown perturbation levels {bad}; choose from {TRAINING_LEVELS}")
+        raise ValueError(f"unknown perturbation levels {bad}; choose from {LEVELS}")
     if not levels:
         return entries
     by_task = {p.name: p for p in pools}

@@ -378,7 +378,8 @@ ADAPTERS: dict[str, TaskAdapter] = {a.name: a for a in [
     TaskAdapter("wic", "wic", "WIC", "Miscellaneous", 2684, "super_glue", "wic", ("train",), ("train", "validation"),
                 {"sentence1": _col("sentence1"), "sentence2": _col("sentence2"), "word": _col("word")}),
 ]}
-TASKS: list[str] = list(ADAPTERS)
+#: FLAN task names this project can build training data for (not the evaluation registry, coinlib.core.tasks.TASKS).
+FLAN_TASKS: list[str] = list(ADAPTERS)
 
 
 def render_example(template: Template, example: Example, task: str = "") -> tuple[str, str]:

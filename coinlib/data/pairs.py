@@ -19,7 +19,6 @@ import difflib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
-from coinlib.core.fileio import update_digest
+from coinlib.core.fileio import atomic_folder, update_digest
+from coinlib.core.promptsets import load_prompt_set
 from coinlib.core.sources import (
     DATASETS,
     JSON_ARTIFACTS,
@@ -41,7 +41,7 @@ from coinlib.core.tasks import EVAL_SAMPLE_SEED, held_out_rows
 from coinlib.data.augment import add_perturbed_positives
 from coinlib.data.flan import (
     ADAPTERS,
-    TASKS,
+    FLAN_TASKS,
     Example,
     FlanTemplates,
     TaskAdapter,
@@ -104,19 +104,19 @@ def resolve_tasks(names: Iterable[str]) -> list[str]:
     for name in names:
         key = str(name).strip().lower()
         if key == "all":
-            wanted.update(TASKS)
+            wanted.update(FLAN_TASKS)
         elif key in ADAPTERS:
             wanted.add(key)
         elif key in ALIASES:
             wanted.update(ALIASES[key])
         else:
-            close = difflib.get_close_matches(key, [*TASKS, *ALIASES], n=3)
+            close = difflib.get_close_matches(key, [*FLAN_TASKS, *ALIASES], n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(TASKS)}; "
+            raise DataError(f"unknown task {name!r} in data.tasks.{hint} Known tasks: all, {', '.join(FLAN_TASKS)}; "
                             f"aliases: {', '.join(ALIASES)}.")
     if not wanted:
         raise DataError("data.tasks is empty. Fix: list FLAN task names, or use [all].")
-    return [t for t in TASKS if t in wanted]
+    return [t for t in FLAN_TASKS if t in wanted]
 
 
 # ------------------------------------------------------------------------------------------ pools
@@ -136,11 +136,11 @@ def _read_rows(adapter: TaskAdapter, mirror: str | os.PathLike | None) -> list[t
 
 
 def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLike | None = "auto",
-              holdout: int = 300) -> TaskPool:
+              holdout: int = 300, sample: str = "shared") -> TaskPool:
     """The task's instances (evaluation holdout and FLAN-filtered rows removed, inputs de-duplicated).
 
     Rows of an evaluation split (the only offline pool of QNLI, MNLI and QQP) exclude every row the evaluation
-    sample of ``holdout`` rows of any task uses (:func:`coinlib.core.tasks.held_out_rows`).
+    ``sample`` (``evaluate.sample``) of ``holdout`` rows of any task uses (:func:`coinlib.core.tasks.held_out_rows`).
     Raises :class:`DataError` for an empty source file, fewer than two usable templates, or fewer than two
     distinct outputs; :class:`~coinlib.core.sources.SourceUnavailable` when the data cannot be found.
     """
@@ -158,7 +158,7 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
         if not rows:
             raise DataError(f"task {adapter.name}: source {name} has no rows. Fix: re-create that mirror file, "
                             "or remove the task from data.tasks.")
-        exclude = held_out_rows((adapter.dataset, config, split), holdout, mirror, n_rows=len(rows))
+        exclude = held_out_rows((adapter.dataset, config, split), holdout, mirror, n_rows=len(rows), sample=sample)
         held += len(exclude)
         parts.append(f"{name} ({len(rows)} rows" + (f", {len(exclude)} evaluation rows held out)" if exclude else ")"))
         for i, row in enumerate(rows):
@@ -180,13 +180,14 @@ def load_pool(adapter: TaskAdapter, flan: FlanTemplates, mirror: str | os.PathLi
 
 
 def load_pools(tasks: Iterable[str], mirror: str | os.PathLike | None = "auto", holdout: int = 300,
-               flan: FlanTemplates | None = None) -> Pools:
-    """Pools of the requested tasks; tasks without data (or with every row held out) become named skips."""
+               flan: FlanTemplates | None = None, sample: str = "shared") -> Pools:
+    """Pools of the requested tasks; tasks without data (or with every row held out) become named skips.
+    ``holdout`` rows of the evaluation ``sample`` (``shared`` or ``reference``) are held out (:func:`load_pool`)."""
     flan = flan or load_templates(mirror)
     out = Pools(templates_source=flan.source)
     for name in resolve_tasks(tasks):
         try:
-            pool = load_pool(ADAPTERS[name], flan, mirror, holdout)
+            pool = load_pool(ADAPTERS[name], flan, mirror, holdout, sample)
         except SourceUnavailable as exc:
             out.skips.append(Skip(name, f"no data: {exc}"))
             continue
@@ -205,7 +206,7 @@ class _TaskSampler:
 
     def __init__(self, pool: TaskPool, seed: int, replacement: bool):
         self.pool = pool
-        self.rng = np.random.default_rng([seed, TASKS.index(pool.name)])
+        self.rng = np.random.default_rng([seed, FLAN_TASKS.index(pool.name)])
         self.replacement = replacement
         self.order = self.rng.permutation(len(pool.examples))
         self.cursor = 0
@@ -339,7 +340,6 @@ def eval_instructions(prompt_sets: Iterable[str], mirror: str | os.PathLike | No
 
     Sets are read with :func:`coinlib.core.promptsets.load_prompt_set`, exactly as the evaluation reads them.
     """
-    from coinlib.core.promptsets import load_prompt_set
 
     out = []
     for name in prompt_sets:
@@ -376,7 +376,7 @@ def task_counts(entries: list[dict[str, Any]], pools: Pools) -> "pd.DataFrame":
     by_name = {p.name: p for p in pools.pools}
     skips = {s.task: s.reason for s in pools.skips}
     rows = []
-    for name in [t for t in TASKS if t in by_name or t in skips]:
+    for name in [t for t in FLAN_TASKS if t in by_name or t in skips]:
         a, p = ADAPTERS[name], by_name.get(name)
         rows.append({
             "category": a.category, "task": name, "dataset": a.display, "paper_count": a.paper_count,
@@ -390,6 +390,18 @@ def task_counts(entries: list[dict[str, Any]], pools: Pools) -> "pd.DataFrame":
 
 # ------------------------------------------------------------------------------------------ build / load
 def _check_holdout(P: "Params") -> None:
+    """Refuse a build whose holdout might not cover the rows the evaluation of ``P`` scores."""
+    e, held = P.evaluate, P.data.eval_holdout
+    if getattr(e, "sample", "shared") == "reference":
+        # the holdout is the reference draw of eval_holdout rows; draws of other sizes need not be nested
+        # (random.sample switches algorithm with the size), so only the same size holds out the same rows
+        if e.n_per_task != held:
+            raise DataError(
+                f"evaluate.sample is reference with evaluate.n_per_task {e.n_per_task}, but training holds out the "
+                f"reference sample of data.eval_holdout {held} rows; random.sample draws of different sizes need "
+                "not share rows, so evaluated rows could be trained on. Fix: set data.eval_holdout equal to "
+                f"evaluate.n_per_task ({e.n_per_task}), or use evaluate.sample: shared.")
+        return
     seed = getattr(P.evaluate, "sample_seed", EVAL_SAMPLE_SEED)
     if seed != EVAL_SAMPLE_SEED or P.evaluate.n_per_task > P.data.eval_holdout:
         raise DataError(
@@ -405,42 +417,37 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
     _check_holdout(P)
     key = data_key(P)  # before reading: a file changed during the build then fails the next check
     mirror = P.run.mirror
-    pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout)
+    pools = load_pools(P.data.tasks, mirror, P.data.eval_holdout, sample=P.evaluate.sample)
     caps = task_caps({p.name: p.adapter.paper_count for p in pools.pools}, P.data.task_caps, P.data.size)
-    entries = build_entries(pools.pools, P.data.size, P.run.seed, P.data.replacement, caps, progress)
+    seed = P.run.seed + P.data.seed_offset
+    entries = build_entries(pools.pools, P.data.size, seed, P.data.replacement, caps, progress)
     if P.data.extra_positive_levels:  # perturbed own template as extra positives (coinlib.data.augment)
 
-        entries = add_perturbed_positives(entries, pools.pools, P.data.extra_positive_levels, P.run.seed)
+        entries = add_perturbed_positives(entries, pools.pools, P.data.extra_positive_levels, seed)
     prompt_sets = list(dict.fromkeys([*P.data.eval_prompt_sets, P.evaluate.prompt_set]))
     check_leakage(entries, eval_instructions(prompt_sets, mirror))
     counts = task_counts(entries, pools)
     ds = datasets.Dataset.from_list(entries)
 
+    def fill(tmp: Path) -> None:
+        ds.save_to_disk(str(tmp / "dataset"))
+        with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
+            for e in entries:
+                fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+        counts.to_csv(tmp / "task_counts.csv", index=False)
+        report = {
+            "size_requested": P.data.size, "size_built": len(entries), "seed": seed,
+            "templates_source": pools.templates_source,
+            "skipped": [vars(s) for s in pools.skips],
+            "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
+            "prompt_sets_checked": prompt_sets,
+        }
+        report.update(key, files=built_files(tmp))
+        (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+
     out = P.data_dir
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ds.save_to_disk(str(tmp / "dataset"))
-    with open(tmp / "entries.jsonl", "w", encoding="utf-8") as fh:
-        for e in entries:
-            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
-    counts.to_csv(tmp / "task_counts.csv", index=False)
-    report = {
-        "size_requested": P.data.size, "size_built": len(entries), "seed": P.run.seed,
-        "templates_source": pools.templates_source,
-        "skipped": [vars(s) for s in pools.skips],
-        "excluded_templates": [vars(x) for p in pools.pools for x in p.excluded],
-        "prompt_sets_checked": prompt_sets,
-    }
-    report.update(key, files=built_files(tmp))
-    (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished the same build in between: its bytes are the same
-        if not (out / "dataset").is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Another process may finish the same build in between: its bytes are the same, so its folder will do.
+    atomic_folder(out, fill, accept_existing=lambda folder: (folder / "dataset").is_dir())
     return datasets.load_from_disk(str(out / "dataset"))
 
 

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from coinlib.core.params import ALL_GROUPS
+from coinlib.core.groups import ALL_GROUPS
 from coinlib.evaluate.metrics import (
     calibrated_answers,
     label_score_matrix,

@@ -1,6 +1,6 @@
 """The robustness suite as lm-evaluation-harness tasks, and our metrics from its sample logs.
 
-    python -m coinlib.evaluate.lmeval export OUT_DIR [--prompt-set NAME|FILE] [--n-per-task N] [--groups ...]
+    python -m coinlib.evaluate.lmeval export OUT_DIR [--prompt-set NAME|FILE] [--n-per-task N] [--sample S] [--groups ...]
     python -m coinlib.evaluate.lmeval model-args smollm2-135m-instruct [--adapter runs/RUN/adapter]  # -> ARGS
     lm_eval --model hf --model_args ARGS --include_path OUT_DIR --tasks coin_robustness \\
         --log_samples --output_path LOG_DIR
@@ -32,13 +32,14 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write, atomic_write_text
-from coinlib.core.models import ModelUnavailable
-from coinlib.core.params import EVAL_GROUPS
+from coinlib.core.formats import format_input, paper_prompt
+from coinlib.core.groups import EVAL_GROUPS
+from coinlib.core.models import ModelUnavailable, load_tokenizer, resolve_model
 from coinlib.core.promptsets import PromptSetError, load_prompt_set, select
-from coinlib.core.tasks import get_task, load_task, task_names
+from coinlib.core.tasks import SAMPLES, get_task, load_task, task_names
 from coinlib.evaluate.metrics import BASE_LABEL, summarize as summarize_predictions
 from coinlib.evaluate.runner import PREDICTION_COLUMNS
-from coinlib.evaluate.scoring import PAPER_RESPONSE, format_input, label_continuation, label_token_ids, parse_label
+from coinlib.evaluate.scoring import label_continuation, label_token_ids, parse_label
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def doc_to_text_template(instruction: str) -> str:
     """Jinja template lm-eval renders into the paper's input for a doc with a ``content`` field."""
     if any(marker in instruction for marker in _RAW):
         raise LmEvalError(f"instruction {instruction!r} contains a Jinja raw marker; it cannot be exported verbatim")
-    return f"{_RAW[0]}{instruction}{_RAW[1]}{{{{content}}}}{PAPER_RESPONSE}"
+    return paper_prompt(f"{_RAW[0]}{instruction}{_RAW[1]}{{{{content}}}}")
 
 
 def _check_template(template: str, instruction: str, content: str) -> None:
@@ -130,8 +131,9 @@ def process_generate(doc: dict, results: Sequence[str]) -> dict[str, float]:
 
 def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_task: int = 300,
            groups: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-           n_instructions: int | None = None, mirror: str | Path | None = "auto") -> list[str]:
-    """Write the task folder for ``lm_eval --include_path out_dir``; returns the unit task names (rank first)."""
+           n_instructions: int | None = None, mirror: str | Path | None = "auto", sample: str = "shared") -> list[str]:
+    """Write the task folder for ``lm_eval --include_path out_dir``; returns the unit task names (rank first).
+    ``sample`` is ``evaluate.sample`` (``shared`` or ``reference``, :func:`coinlib.core.tasks.eval_sample`)."""
     groups, tasks = list(groups or EVAL_GROUPS), list(tasks or task_names())
     for t in tasks:
         get_task(t)
@@ -139,7 +141,7 @@ def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_tas
     out = Path(out_dir)
     names: dict[str, dict[str | None, list[str]]] = {m: {None: [], **{g: [] for g in groups}} for m in MODES}
     for t in tasks:
-        frame = load_task(t, n_per_task, mirror)
+        frame = load_task(t, n_per_task, mirror, sample)
         labels = list(get_task(t).labels)
         rows = frame.assign(choices=[labels] * len(frame), task=t)[
             ["instance_id", "content", "label", "gold", "choices", "task"]]
@@ -167,8 +169,6 @@ def export(out_dir: str | Path, prompt_set: str = "coin_eval_prompts", n_per_tas
 def hf_model_args(model: str, adapter: str | None = None, dtype: str = "float32", revision: str | None = None) -> str:
     """``--model_args`` of lm-eval's HF backend for ``model`` as ``model.name`` accepts it (offline alias, folder, hub
     id; :func:`coinlib.core.models.resolve_model`), with an optional LoRA adapter folder."""
-    from coinlib.core.models import resolve_model
-
     path, gguf, rev = resolve_model(model, revision)
     if gguf:
         raise LmEvalError(f"model {model!r} is a GGUF file; lm-eval's HF backend needs a model folder or hub id. "
@@ -220,8 +220,6 @@ class _LabelTokens:
         if not name or name in self.failed:
             return "{}"
         if name not in self.loaded:
-            from coinlib.core.models import load_tokenizer
-
             try:
                 self.loaded[name] = load_tokenizer(name, _model_args(model_args).get("revision"))
             except Exception as exc:  # noqa: BLE001 (missing folder, hub unreachable, no tokenizer files)
@@ -327,6 +325,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     ex.add_argument("out_dir")
     ex.add_argument("--prompt-set", default="coin_eval_prompts", help="named prompt set or JSON/YAML file")
     ex.add_argument("--n-per-task", type=int, default=300, help="instances of each task's evaluation sample")
+    ex.add_argument("--sample", choices=list(SAMPLES), default="shared",
+                    help="evaluation sample: shared (default) or reference (the paper's code's random.sample, seed 42)")
     ex.add_argument("--groups", nargs="+", default=None, help=f"instruction groups (default: {' '.join(EVAL_GROUPS)})")
     ex.add_argument("--tasks", nargs="+", default=None, help="GLUE tasks (default: all 10)")
     ex.add_argument("--n-instructions", type=int, default=None, help="first N instructions per group and task")
@@ -351,7 +351,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             if args.n_per_task < 1:
                 raise LmEvalError(f"--n-per-task must be >= 1, got {args.n_per_task}")
             names = export(args.out_dir, args.prompt_set, args.n_per_task, args.groups, args.tasks,
-                           args.n_instructions, args.mirror)
+                           args.n_instructions, args.mirror, args.sample)
             print(f"wrote {len(names)} tasks to {args.out_dir}; run: lm_eval --include_path {args.out_dir} "
                   f"--tasks {SUITE} (rank) or {SUITE}_generate --log_samples --output_path LOG_DIR ...")
         else:

@@ -22,8 +22,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from coinlib.core.params import EVAL_GROUPS
+from coinlib.core.formats import format_input
+from coinlib.core.groups import EVAL_GROUPS
+from coinlib.core.models import load_model, load_tokenizer
 from coinlib.core.pooling import last_token_pool
+from coinlib.core.promptsets import load_prompt_set
+from coinlib.core.tasks import load_task
 
 if TYPE_CHECKING:
     from coinlib.core.params import Params
@@ -149,15 +153,11 @@ def extract(P: "Params", roles: dict[str, tuple[str, Path | None]]) -> Represent
 
     Loads the base model once per distinct run with that run's adapter.
     """
-    from coinlib.core.models import load_tokenizer
-    from coinlib.core.promptsets import load_prompt_set
-    from coinlib.core.tasks import load_task
-    from coinlib.evaluate.scoring import format_input
 
     task, fmt = P.analysis.represent_task, P.evaluate.input_format
     variants = instruction_variants(load_prompt_set(P.evaluate.prompt_set, P.run.mirror), task,
                                     P.analysis.represent_instruction)
-    instances = load_task(task, P.analysis.represent_n, P.run.mirror)
+    instances = load_task(task, P.analysis.represent_n, P.run.mirror, P.evaluate.sample)
     tokenizer = load_tokenizer(P.model.name, P.model.revision, P.model.trust_remote_code)
     inputs = variant_inputs(instances, variants, lambda instr, content: format_input(instr, content, fmt, tokenizer))
     cache: dict[str, np.ndarray] = {}
@@ -174,8 +174,6 @@ def extract(P: "Params", roles: dict[str, tuple[str, Path | None]]) -> Represent
 
 def _load(P: "Params", adapter):
     """Base model as ``P.model`` says, with ``adapter`` (a run's adapter folder) instead of its own when given."""
-    from coinlib.core.models import load_model
-
     torch.manual_seed(P.run.seed)
     model_params = P.model.model_copy(update={"adapter": str(adapter)}) if adapter else P.model
     return load_model(model_params, device="cuda" if torch.cuda.is_available() else None)

@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from coinlib.core.fileio import atomic_write
+from coinlib.core.params import add_set_argument, load_params_or_exit
 from coinlib.core.promptsets import load_prompt_set, select
 from coinlib.core.sources import repo_relative
 from coinlib.core.tasks import get_task, load_task
@@ -149,6 +150,8 @@ def settings_key(P: "Params") -> str:
                   load_in_4bit=m.load_in_4bit, n=e.n_per_task,
                   fmt=e.input_format, scoring=e.scoring, max_new_tokens=e.max_new_tokens,
                   append_eos=P.train.append_eos if e.input_format == "train" else None)
+    if e.sample != "shared":  # another sample never reuses a shared-sample unit (shared keys stay as they were)
+        fields["sample"] = e.sample
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -195,12 +198,12 @@ def _plan(P: "Params") -> tuple[list[ModelSpec], list[Unit], Path, dict[str, pd.
     e = P.evaluate
     prompts = select(load_prompt_set(e.prompt_set, P.run.mirror), e.groups, e.tasks, e.n_instructions)
     specs = model_specs(P)
-    data = {t: load_task(t, e.n_per_task, P.run.mirror) for t in e.tasks}
+    data = {t: load_task(t, e.n_per_task, P.run.mirror, e.sample) for t in e.tasks}
     return specs, plan_units(specs, prompts, data), eval_dir(P) / "cache" / settings_key(P), data
 
 
 def _evaluate_units(P, units, specs, data, cache, rank, scorer) -> None:
-    from coinlib.evaluate.scoring import score_instruction
+    from coinlib.evaluate.scoring import score_instruction  # imports torch: only when something is evaluated
 
     scorer = scorer or score_instruction
     e = P.evaluate
@@ -223,7 +226,7 @@ def _load(P: "Params", spec: ModelSpec):
     """The base model in eval mode, with ``spec``'s adapter applied (frozen) when it has one."""
     import torch
 
-    from coinlib.core.models import load_model
+    from coinlib.core.models import load_model  # torch and transformers: only when a model is loaded
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     base, tokenizer = load_model(P.model.model_copy(update={"adapter": None}), device=device)
@@ -335,8 +338,6 @@ def log_to_tensorboard(P: "Params", summary: pd.DataFrame) -> Path | None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    from coinlib.core.params import add_set_argument, load_params_or_exit
-
     ap = argparse.ArgumentParser(prog="python -m coinlib.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")

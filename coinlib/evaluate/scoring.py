@@ -19,40 +19,18 @@ from typing import Literal, Sequence, Union
 
 import torch
 
-from coinlib.core.formats import train_prompt
+from coinlib.core.formats import InputFormat, format_input  # noqa: F401  (format_input: part of scoring's API)
 from coinlib.core.tasks import EvalTask
 
-InputFormat = Literal["paper", "train", "chat"]
 #: A registered task (its label words and the answers the paper's scoring accepts) or bare label words.
 Labels = Union[EvalTask, Sequence[str]]
 #: Characters the paper's code strips from both ends of a generated answer before matching label words.
 STRIP_CHARS = ",._\"'-+=!?()&^%$#@:\\|{}[]<>/`\n\t\r\v\f\u200b "
 #: Token texts the paper's code deletes from a lowercased answer before stripping.
 REMOVED_MARKERS = ("<pad>", "</s>")
-PAPER_RESPONSE = "### Response:"
 
 
 # ------------------------------------------------------------------------------------------------ formats
-def format_input(instruction: str, content: str, fmt: InputFormat, tokenizer=None) -> str:
-    """Model input for one instance.
-
-    ``paper``: instruction + content + "### Response:" (the paper's evaluation code); ``train``: the training
-    format of our models (:func:`coinlib.core.formats.train_prompt`); ``chat``: the tokenizer's chat template with
-    instruction + content as the user turn.
-    """
-    text = instruction + content
-    if fmt == "paper":
-        return text + PAPER_RESPONSE
-    if fmt == "train":
-        return train_prompt(text)
-    if fmt == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("input_format 'chat' needs a tokenizer with a chat template; use 'paper' or 'train'")
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    raise ValueError(f"unknown input format {fmt!r}; use 'paper', 'train' or 'chat'")
-
-
 def label_continuation(label: str, fmt: InputFormat) -> str:
     """Text a label word is scored as in ``rank`` mode (see :func:`label_token_ids` for the tokens).
 

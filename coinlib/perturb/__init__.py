@@ -14,16 +14,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from coinlib.core.groups import GROUP_OF, LEVELS
 from coinlib.perturb.character import perturb_characters
 from coinlib.perturb.semantic import RephraseRejected, rephrase
 from coinlib.perturb.sentence import checklist_suffix, stresstest_suffix
 from coinlib.perturb.tokens import protected_terms
 from coinlib.perturb.word import perturb_words
 
-LEVELS = ("character", "word", "sentence", "stresstest", "semantic")
-#: Prompt-set group written for each level (the paper's names where the paper has the level).
-GROUP_OF = {"character": "deepwordbug", "word": "textfooler", "sentence": "checklist",
-            "stresstest": "stresstest", "semantic": "semantic"}
 
 __all__ = ["LEVELS", "GROUP_OF", "perturb_instruction", "protected_terms", "perturb_characters",
            "perturb_words", "checklist_suffix", "stresstest_suffix", "rephrase", "RephraseRejected"]

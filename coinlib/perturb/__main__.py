@@ -8,19 +8,21 @@ from __future__ import annotations
 import argparse
 import logging
 
-from coinlib.perturb import LEVELS
+from coinlib.core.groups import LEVELS, RULE_LEVELS
 from coinlib.perturb.promptset import (
     META_KEYS,
     build_prompt_set,
     clean_instructions,
     write_prompt_set,
 )
+from coinlib.perturb.semantic import model_rephraser
+from coinlib.perturb.synonyms import default_synonyms
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m coinlib.perturb", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output JSON file (group -> task -> instructions)")
-    ap.add_argument("--levels", nargs="+", default=["character", "word", "sentence"], choices=LEVELS)
+    ap.add_argument("--levels", nargs="+", default=list(RULE_LEVELS), choices=LEVELS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", type=int, default=4, help="words changed at the character and word levels")
     ap.add_argument("--source", default="coin_eval_prompts", help="prompt-set artifact name or JSON file")
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> None:
         clean = {t: clean[t] for t in args.tasks}
     options = {}
     if "semantic" in args.levels:
-        from coinlib.perturb.semantic import model_rephraser
-        from coinlib.perturb.synonyms import default_synonyms
 
         options["semantic"] = {"generate": model_rephraser(args.semantic_model), "tries": args.semantic_tries}
         if not args.no_similarity:

@@ -11,6 +11,7 @@ import re
 from typing import Callable, Iterable, Sequence
 
 from coinlib.core.formats import train_prompt
+from coinlib.core.tasks import load_task
 from coinlib.perturb.tokens import (
     editable_positions,
     random_order,
@@ -62,7 +63,6 @@ def labelled_sample(task: str, n: int = 16, seed: int = 0, mirror: str | None = 
     """``n`` seeded ``(content, label word)`` pairs of a registered evaluation task (its evaluation format)."""
     import numpy as np
 
-    from coinlib.core.tasks import load_task
 
     rows = load_task(task, None, mirror)
     chosen = np.random.default_rng(seed).permutation(len(rows))[:n]

@@ -19,8 +19,10 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from coinlib.core.fileio import atomic_write_text
+from coinlib.core.groups import GROUP_OF, LEVELS, RULE_LEVELS
+from coinlib.core.sources import JSON_ARTIFACTS, load_json_artifact
 from coinlib.core.tasks import TASKS
-from coinlib.perturb import GROUP_OF, LEVELS, RephraseRejected, perturb_instruction
+from coinlib.perturb import RephraseRejected, perturb_instruction
 
 log = logging.getLogger(__name__)
 META_KEYS = ("source", "license", "tasks")
@@ -34,7 +36,6 @@ def variant_seed(seed: int, task: str, index: int) -> int:
 def clean_instructions(source: str | os.PathLike = "coin_eval_prompts", mirror: str | None = "auto",
                        group: str = "clean") -> dict[str, list[str]]:
     """``{task: instructions}`` of one group of a prompt set (artifact name or JSON file), label tasks only."""
-    from coinlib.core.sources import JSON_ARTIFACTS, load_json_artifact
 
     if str(source) in JSON_ARTIFACTS:
         data = load_json_artifact(str(source), mirror)
@@ -52,7 +53,7 @@ def clean_instructions(source: str | os.PathLike = "coin_eval_prompts", mirror: 
 
 def build_prompt_set(
     clean: dict[str, list[str]],
-    levels: Iterable[str] = ("character", "word", "sentence"),
+    levels: Iterable[str] = RULE_LEVELS,
     seed: int = 0,
     budget: int = 4,
     options: dict[str, dict[str, Any]] | None = None,

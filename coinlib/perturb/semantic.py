@@ -122,6 +122,7 @@ def model_rephraser(model: str = "smollm2-135m-instruct", max_new_tokens: int = 
     """A seeded sampling generator from an instruction model (chat template when the tokenizer has one)."""
     import torch
 
+    # torch and transformers: only for the model rephraser, so the rule-based levels stay light
     from coinlib.core.models import load_model
     from coinlib.core.params import ModelParams
 

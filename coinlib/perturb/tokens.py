@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from coinlib.core.formats import RESPONSE_HEADER
 from coinlib.core.tasks import label_words
 
 #: Words that state the answer format; changing them changes what the model is asked to output.
@@ -33,7 +34,7 @@ STOPWORDS: frozenset[str] = frozenset(
 _TOKEN_RE = re.compile(
     r"(?P<placeholder>\{[^{}\n]*\})"
     r"|(?P<quoted>(?<![A-Za-z0-9])(?:'[^'\n]{1,60}'|\"[^\"\n]{1,60}\")(?![A-Za-z0-9]))"
-    r"|(?P<marker>###\s*Response:?)"
+    r"|(?P<marker>" + r"\s*".join(map(re.escape, RESPONSE_HEADER.rstrip(":").split())) + ":?)"  # "### Response:"
     r"|(?P<word>[A-Za-z]+(?:_[A-Za-z]+)*)"
     r"|(?P<other>\s+|[^A-Za-z\s])"
 )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterable
 import pandas as pd
 import yaml
 
+from coinlib.core.paths import REPO_ROOT
+
 if TYPE_CHECKING:
     from coinlib.core.params import Params
 
@@ -179,8 +181,6 @@ def _not_evaluated(P: "Params", run: str, what: str) -> str:
 
 def _short(path: Path) -> str:
     """A path relative to the repository when inside it (messages stay readable and machine-independent)."""
-    from coinlib.core.sources import REPO_ROOT
-
     try:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:

@@ -16,17 +16,14 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from coinlib.core.fileio import atomic_write
+from coinlib.core.groups import GROUP_LABELS
 from coinlib.core.tasks import CATEGORIES
 from coinlib.evaluate.metrics import instruction_accuracy
-from coinlib.results.tables import ROLE_LABELS, average_over_tasks
+from coinlib.results.tables import ROLE_LABELS, STUDY_METRICS, average_over_tasks
 
 GROUP_COLORS = {
     "clean": "#1f77b4", "deepwordbug": "#ff7f0e", "textfooler": "#d62728", "checklist": "#2ca02c",
     "semantic": "#9467bd", "average": "#222222",
-}
-GROUP_LABELS = {
-    "clean": "clean", "deepwordbug": "character (DeepWordBug)", "textfooler": "word (TextFooler)",
-    "checklist": "sentence (CheckList)", "semantic": "semantic", "average": "average",
 }
 ROLE_COLORS = {"base": "#8c8c8c", "cit": "#dd8452", "coin": "#55a868"}
 SOURCE_LABELS = {"paper": "paper", "ours": "ours"}
@@ -65,6 +62,24 @@ def save_table(table: pd.DataFrame | None, out_dir: str | Path, name: str, markd
 
 
 # ---------------------------------------------------------------------------------------------- plots
+def table2_share_data(counts: pd.DataFrame) -> pd.DataFrame:
+    """Share of entries per dataset in the paper's Table 2 and in a build (``task_counts.csv`` of
+    :func:`coinlib.data.pairs.load_or_build`: ``dataset``, ``paper_count``, ``entries``)."""
+    return counts.assign(paper=counts.paper_count / counts.paper_count.sum(),
+                         ours=counts.entries / max(counts.entries.sum(), 1))[["dataset", "paper", "ours"]]
+
+
+def plot_table2_share(share: pd.DataFrame) -> plt.Figure:
+    """Horizontal bars per dataset: the paper's share of entries beside this build's (:func:`table2_share_data`)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    share.set_index("dataset")[["paper", "ours"]].iloc[::-1].plot.barh(ax=ax, width=0.8)
+    ax.set_xlabel("share of entries")
+    ax.set_ylabel("")
+    ax.set_title("Entries per dataset: paper Table 2 vs this build")
+    return fig
+
+
 def plot_task_categories(comparison: pd.DataFrame) -> plt.Figure:
     """Table 1 as bars: accuracy per category and model role, error bars = mean over the category's tasks and groups
     of the std over instructions (``mean_task_std``); one panel per source."""
@@ -392,8 +407,6 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
     """Arm minus reference per group for one input format: each seed's difference as a point, the mean over seeds
     with its 95% t-interval, and a grey band of ± the minimum detectable difference (rows of
     :func:`coinlib.evaluate.compare.long_format` per seed and of :func:`coinlib.evaluate.compare.across_seeds`)."""
-    from coinlib.results.tables import STUDY_METRICS
-
     use_style()
     labels = labels or {}
     groups = list(dict.fromkeys(per_seed["group"]))
@@ -430,6 +443,30 @@ def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: 
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.suptitle(f"arm − {ref} ({fmt} format): seeds (circles), mean ± 95% t-interval, grey ± minimum detectable "
                  "difference")
+    fig.tight_layout()
+    return fig
+
+
+def plot_dose_response(data: pd.DataFrame,
+                       metrics: tuple[str, ...] = ("cal_acc", "auc", "flip_rate_cal")) -> plt.Figure:
+    """Metrics against the contrastive weight lambda (0 = CIT) for one input format: each seed as a circle, the
+    mean over seeds as a line (``data``: one row per run with ``lambda``, ``seed`` and the metric columns)."""
+    use_style()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics):
+        ax.scatter(data["lambda"], 100 * data[metric], s=16, facecolors="none", edgecolors="#4c72b0", lw=1)
+        mean = data.groupby("lambda")[metric].mean()
+        ax.plot(mean.index, 100 * mean.to_numpy(), "o-", color=ROLE_COLORS["coin"])
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(sorted(mean.index), [f"{x:g}" for x in sorted(mean.index)])
+        ax.set_xlabel("lambda (0 = CIT)")
+        ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
+    fmt = data["format"].iloc[0] if "format" in data and len(data) else ""
+    counts = data.groupby("lambda")["seed"].nunique()
+    seeds = f"{counts.min()}-{counts.max()}" if counts.min() != counts.max() else f"{counts.min()}"
+    fig.suptitle(f"lambda dose-response ({fmt} format, average over groups; {seeds} seed(s) per lambda: circles, "
+                 "line = mean)")
     fig.tight_layout()
     return fig
 

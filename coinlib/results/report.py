@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Iterable
 import pandas as pd
 
 from coinlib.core.fileio import atomic_write_text
-from coinlib.core.params import EVAL_GROUPS
-from coinlib.core.reference import PAPER_MODEL
+from coinlib.core.groups import EVAL_GROUPS
+from coinlib.core.paper_numbers import PAPER_MODEL
+from coinlib.core.params import load_params_or_exit
 from coinlib.evaluate.compare import paired_bootstrap
 from coinlib.evaluate.metrics import BASE_LABEL
 from coinlib.results import tables
@@ -143,7 +144,6 @@ def to_markdown(sections: dict[str, pd.DataFrame]) -> str:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    from coinlib.core.params import load_params_or_exit
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params_file")

@@ -1,7 +1,7 @@
 """The paper's tables from tidy evaluation summaries, ours beside the paper's.
 
 Every function takes summary-shaped rows (one per model x task x group with ``mean_acc`` and ``std_acc``, see the
-evaluation contract) so the paper's own numbers (:mod:`coinlib.core.reference`) and ours go through the same code.
+evaluation contract) so the paper's own numbers (:mod:`coinlib.core.paper_numbers`) and ours go through the same code.
 
 Aggregation rules, as the paper's tables do it (checked against its numbers in tests/test_report.py):
 - averages over tasks (the "Average" column of Tables 3 and 4): accuracy = mean over tasks, ``std_acc`` = the std
@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from coinlib.core.params import ALL_GROUPS
-from coinlib.core.reference import PAPER_MODEL, paper_tables
+from coinlib.core.groups import ALL_GROUPS
+from coinlib.core.paper_numbers import PAPER_MODEL, paper_tables
 from coinlib.core.tasks import CATEGORIES, category_of, category_tasks
+from coinlib.evaluate.compare import seeds_needed
 from coinlib.evaluate.metrics import mean_task_std, pooled_std
 from coinlib.results.inputs import lambda_runs, role_runs, summaries_for_runs
 
@@ -253,8 +254,6 @@ def study_across_table(across: pd.DataFrame, per_seed: pd.DataFrame, group: str 
     reference and arm means over seeds, the mean difference with its t-interval, each seed's difference, the paired
     t-test and sign-flip p-values, the minimum detectable difference (MDD), in points (AUC x 100), and the seeds
     needed for an MDD of ``target`` (:func:`coinlib.evaluate.compare.seeds_needed`; "> 100" when no number does)."""
-    from coinlib.evaluate.compare import seeds_needed
-
     def needed(r) -> str:
         if pd.isna(r["sd_diff"]) or pd.isna(r["se_inst"]):
             return "–"

@@ -34,7 +34,7 @@ from coinlib.core.params import add_set_argument
 from coinlib.study.driver import Driver, run_study
 from coinlib.study.report import write_report
 from coinlib.study.spec import BASE_KEY, FORMATS, StudyError, expand, load_spec
-from coinlib.study.store import _params_yaml, _rel, stage_times, warn_if_git_ignored
+from coinlib.study.store import _params_yaml, _rel, runs_dir, stage_times, warn_if_git_ignored
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -87,7 +87,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         if not args.report:
             status = run_study(spec, args.only, arms, args.seeds, args.formats, base, args.ignore_gate,
                                args.replace_stale)
-        if (spec.committed_dir / "runs").is_dir():
+        if runs_dir(spec).is_dir():
             write_report(spec)
             print(f"[study] report: {_rel(spec.committed_dir / 'study.md')}")
         return status

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -22,10 +23,22 @@ from coinlib.core.fileio import atomic_write_text
 from coinlib.core.precision import precision_record
 from coinlib.core.params import Params, validate
 from coinlib.evaluate.runner import run_evaluation, weights_digest
-from coinlib.study.spec import GateSpec, RunPlan, StudyError, StudySpec, expand, pilot_plan
+from coinlib.study.checkpoints import (
+    PauseAt,
+    TrainingPaused,
+    take_snapshot,
+    gate_verdict,
+    log_history,
+    loss_trend,
+    newest_step,
+    snapshot_dir,
+    snapshot_ready,
+)
+from coinlib.study.spec import GateSpec, RunPlan, StudyError, StudySpec, expand, pilot_plan, stop_steps
 from coinlib.study.store import (
     PROGRESS,
     _params_yaml,
+    _read_meta,
     _rel,
     _sections,
     commit_stage,
@@ -146,7 +159,8 @@ class Driver:
     # -- status
     def pending(self, plan: RunPlan, formats: Optional[Iterable[str]] = None) -> list[str]:
         """Stages of ``plan`` left to do (of ``formats`` only, when given): ``train`` (only when an evaluation left
-        needs the adapter, or the adapter is ready but its stage is not committed), then ``eval-<format>``.
+        needs the adapter, or the adapter is ready but its stage is not committed, or a part-way evaluation left
+        needs a snapshot not in ``runs/``), then ``eval-<format>``, then ``step<N>-<format>``.
         Committed stages with other settings raise :class:`StudyError` unless ``replace_stale``."""
         todo, stale = [], []
         for fmt, Pe in plan.evals.items():
@@ -158,12 +172,24 @@ class Driver:
                 stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pe)) or 'training settings'})")
             if state != "done":
                 todo.append(f"eval-{fmt}")
+        finals_pending, snapshots_needed = bool(todo), False
+        for step, Pc in plan.checkpoints.items():
+            if formats is not None and Pc.evaluate.input_format not in formats:
+                continue
+            stage = plan.checkpoint_stage(step)
+            folder = stage_dir(self.spec, plan.key, stage)
+            state = stage_state(folder, settings_digest(Pc, "evaluate", plan.train), Pc)
+            if state == "stale" and not self.replace_stale:
+                stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pc)) or 'training settings'})")
+            if state != "done":
+                todo.append(stage)
+                snapshots_needed |= not snapshot_ready(plan.train, step)
         if plan.train is not None and todo:
             folder = stage_dir(self.spec, plan.key, "train")
             state = stage_state(folder, settings_digest(plan.train, "train"), plan.train)
             if state == "stale" and not self.replace_stale:
                 stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, plan.train))})")
-            if state != "done" or not self._adapter_ready(plan.train):
+            if snapshots_needed or (finals_pending and (state != "done" or not self._adapter_ready(plan.train))):
                 todo.insert(0, "train")
         if stale:
             raise StudyError("committed outputs were made with other settings:\n  " + "\n  ".join(stale) + "\nFix: "
@@ -181,54 +207,134 @@ class Driver:
         return _sections(validate({**old, "base": None}), "train") == _sections(P, "train")
 
     # -- stages
-    def run_plan(self, plan: RunPlan, formats: Optional[Iterable[str]] = None) -> None:
-        """Every pending stage of ``plan`` (of ``formats`` only, when given), training first."""
+    def run_plan(self, plan: RunPlan, formats: Optional[Iterable[str]] = None, until: Optional[int] = None) -> bool:
+        """Every pending stage of ``plan`` (of ``formats`` only, when given), training first (its part-way
+        evaluations at their steps). ``until``: training pauses after that step (the training gate); returns False
+        when it paused there, True when every stage is done."""
+        if "train" in self.pending(plan, formats) and not self._train(plan, until):
+            return False
+        steps = {plan.checkpoint_stage(step): step for step in plan.checkpoints}
         for stage in self.pending(plan, formats):
-            if stage == "train":
-                self._train(plan)
-            else:
+            if stage in steps:
+                self._evaluate_checkpoint(plan, steps[stage])
+            elif stage.startswith("eval-"):
                 self._evaluate(plan, stage.removeprefix("eval-"))
+        return True
 
-    def _train(self, plan: RunPlan) -> None:
+    def _snapshots_missing(self, plan: RunPlan) -> list[int]:
+        """Steps whose part-way evaluation is not committed and whose snapshot is not in ``runs/``."""
+        return [step for step, Pc in plan.checkpoints.items() if not snapshot_ready(plan.train, step) and stage_state(
+            stage_dir(self.spec, plan.key, plan.checkpoint_stage(step)), settings_digest(Pc, "evaluate", plan.train),
+            Pc) != "done"]
+
+    def _train(self, plan: RunPlan, until: Optional[int] = None) -> bool:
+        """Train ``plan`` to its end (True) or to step ``until`` (False), pausing at each missing snapshot's step to
+        evaluate it. A snapshot whose step the local checkpoints have passed needs training from the start: the old
+        run folder is kept beside it as ``<run>.replaced``."""
         from transformers import set_seed
 
         P = plan.train
+        continued = self.spec.arms[plan.arm].continues
+        if continued is not None:  # its starting adapter first
+            start = next(p for p in expand(self.spec, [continued], [plan.seed], base_model=False))
+            if not self._adapter_ready(start.train):
+                self.log(f"[study] {plan.key} continues {start.key}: training {start.key} first")
+                self._train(start)
         digest = settings_digest(P, "train")
         clock_file = P.run_dir / "study_train.json"
-        callbacks = []
+        callbacks: list[TrainerCallback] = []
         if self.spec.commit_progress:
             progress = stage_dir(self.spec, plan.key, PROGRESS)
             restored = restore_progress(progress, digest, P.run_dir / "checkpoints", clock_file)
             if restored is not None:
                 self.log(f"[study] {plan.key}: resuming from the committed {_rel(progress)} ({restored.name})")
             callbacks.append(ProgressKeeper(progress, digest, clock_file))
+        missing = self._snapshots_missing(plan)
+        done = newest_step(P) if not self._adapter_ready(P) else P.train.max_steps
+        if any(step < done for step in missing):
+            aside = P.run_dir.with_name(P.run_dir.name + ".replaced")
+            shutil.rmtree(aside, ignore_errors=True)
+            P.run_dir.rename(aside)
+            self.log(f"[study] {plan.key}: training passed step(s) {[s for s in missing if s < done]} without a "
+                     f"snapshot; training again from the start (the old run folder is now {_rel(aside)})")
+        elif missing and min(missing) == done:  # saved, then stopped before the snapshot was taken
+            take_snapshot(P, P.run_dir / "checkpoints" / f"checkpoint-{done}")
+            missing = missing[1:]
+        stops = sorted({*missing, *([until] if until is not None else [])})
         clock = StageClock(clock_file, digest)  # made the local adapter
-        if not self._adapter_ready(P):
-            with clock.attempt(fresh=not any((P.run_dir / "checkpoints").glob("checkpoint-*"))):
-                set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed
-                train(P, callbacks=callbacks)
+        finished = self._adapter_ready(P)
+        while not finished:
+            if until is not None and newest_step(P) >= until:
+                return False
+            remaining = [step for step in stops if step > newest_step(P)]
+            try:
+                with clock.attempt(fresh=not any((P.run_dir / "checkpoints").glob("checkpoint-*"))):
+                    set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed (resumption: the checkpoint's)
+                    train(P, callbacks=[*callbacks, PauseAt(P, remaining)])
+                finished = True
+            except TrainingPaused as paused:
+                self.log(f"[study] {plan.key}: paused after step {paused.step} "
+                         f"(snapshot {_rel(snapshot_dir(P, paused.step))})")
+                if paused.step in plan.checkpoints:
+                    self._evaluate_checkpoint(plan, paused.step)
         wall = clock.total()
         folder = stage_dir(self.spec, plan.key, "train")
         files: dict[str, Path | str] = {"params.yaml": _params_yaml(P)}
         if (P.run_dir / "train_log.csv").is_file():
             files["train_log.csv"] = P.run_dir / "train_log.csv"
-        commit_stage(folder, files, _meta(settings_digest(P, "train"), wall, str(P.run_dir / "adapter"),
-                                          self._command(plan), P))
+        before = _read_meta(folder).get("adapter_digest")
+        meta = _meta(settings_digest(P, "train"), wall, str(P.run_dir / "adapter"), self._command(plan), P)
+        if before and before != meta["adapter_digest"]:
+            self.log(f"[study] {plan.key}: the adapter trained now differs from the one committed before "
+                     f"({before[:12]} -> {meta['adapter_digest'][:12]}); its committed evaluations stay as they are")
+        commit_stage(folder, files, meta)
         self._done(plan.key, "train", wall, folder)
+        return True
 
     def _evaluate(self, plan: RunPlan, fmt: str) -> None:
-        Pe = plan.evals[fmt]
+        adapter = str(plan.train.run_dir / "adapter") if plan.train is not None else None
+        self._evaluate_stage(plan, f"eval-{fmt}", plan.evals[fmt], adapter)
+
+    def _evaluate_checkpoint(self, plan: RunPlan, step: int) -> None:
+        self._evaluate_stage(plan, plan.checkpoint_stage(step), plan.checkpoints[step],
+                             str(snapshot_dir(plan.train, step)))
+
+    def _evaluate_stage(self, plan: RunPlan, stage: str, Pe: Params, adapter: Optional[str]) -> None:
         clock = StageClock(Pe.run_dir / "study_eval.json", settings_digest(Pe, "evaluate", plan.train))
         with clock.attempt(fresh=not any((Pe.run_dir / "eval" / "cache").rglob("*.parquet"))):
             run_evaluation(Pe, rank=0, world_size=1)
         wall = clock.total()
         out = Pe.run_dir / "eval"
-        folder = stage_dir(self.spec, plan.key, f"eval-{fmt}")
-        adapter = str(plan.train.run_dir / "adapter") if plan.train is not None else None
+        folder = stage_dir(self.spec, plan.key, stage)
+        fmt = Pe.evaluate.input_format
         commit_stage(folder, {"params.yaml": _params_yaml(Pe), "summary.csv": out / "summary.csv",
                               "predictions.parquet": out / "predictions.parquet"},
                      _meta(settings_digest(Pe, "evaluate", plan.train), wall, adapter, self._command(plan, fmt), Pe))
-        self._done(plan.key, f"eval-{fmt}", wall, folder)
+        self._done(plan.key, stage, wall, folder)
+
+    # -- the training gate
+    def train_gate(self) -> GateDecision:
+        """Every arm at ``train_gate.seed`` trained to the gate's step (or read from its committed log), then
+        :func:`coinlib.study.checkpoints.gate_verdict`; the verdict is written to ``train_gate.txt``."""
+        g = self.spec.train_gate
+        trends = []
+        for plan in expand(self.spec, seeds=[g.seed], base_model=False):
+            P = plan.train
+            step = stop_steps(P, [g.at])[0]
+            committed = stage_dir(self.spec, plan.key, "train") / "train_log.csv"
+            if stage_state(committed.parent, settings_digest(P, "train"), P) == "done" and committed.is_file():
+                history = pd.read_csv(committed).to_dict("records")
+            else:
+                if newest_step(P) < step:
+                    self.run_plan(plan, until=step)
+                history = log_history(P, newest_step(P))
+            try:
+                trends.append(loss_trend(plan.key, step, history))
+            except ValueError as exc:
+                raise StudyError(str(exc)) from None
+        passed, message = gate_verdict(trends, g.min_drop)
+        atomic_write_text(self.spec.committed_dir / "train_gate.txt", message + "\n")
+        return GateDecision(passed, min(t.drop for t in trends), message)
 
     def _command(self, plan: RunPlan, fmt: Optional[str] = None) -> str:
         src = self.spec.source or "SPEC"
@@ -272,6 +378,11 @@ def run_study(spec: StudySpec, only: Optional[str] = None, arms: Optional[list[s
         len(driver.pending(p)) for p in plans if not (gate_first and p.key == pilot.key))
     with tqdm(total=total, desc=f"study {spec.name}", unit="stage", dynamic_ncols=True) as bar:
         driver.bar = bar
+        if spec.train_gate.at is not None and not ignore_gate and only != "pilot":
+            decision = driver.train_gate()
+            log(f"[study] {decision.message}")
+            if not decision.passed:
+                return GATE_FAILED
         if gate_first:
             driver.run_plan(pilot, [spec.gate.format])
             decision = driver.gate()

@@ -10,13 +10,13 @@ import pandas as pd
 
 from coinlib.core.fileio import atomic_write_text
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
-from coinlib.study.spec import BASE_KEY, StudySpec
-from coinlib.study.store import _read_meta
+from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, reference_of
+from coinlib.study.store import _read_meta, runs_dir
 
 
 def committed_runs(spec: StudySpec) -> pd.DataFrame:
     """Every run x format of the spec (and any other seed found committed): status, wall times, headline metrics."""
-    root = spec.committed_dir / "runs"
+    root = runs_dir(spec)
     keys = [(BASE_KEY, BASE_KEY, None)] if spec.base_model else []
     found = {p.name for p in root.iterdir()} if root.is_dir() else set()
     for arm in spec.arms:
@@ -49,7 +49,7 @@ def _headline(summary: pd.DataFrame) -> dict[str, float]:
 
 def load_committed_predictions(spec: StudySpec, key: str, fmt: str, label: str) -> Optional[pd.DataFrame]:
     """A committed evaluation's predictions with the model relabelled ``label`` (None when not committed)."""
-    path = spec.committed_dir / "runs" / key / f"eval-{fmt}" / "predictions.parquet"
+    path = runs_dir(spec) / key / f"eval-{fmt}" / "predictions.parquet"
     return pd.read_parquet(path).assign(model=label) if path.is_file() else None
 
 
@@ -60,19 +60,39 @@ def per_seed_comparisons(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["status"] == "done"]
     for fmt in spec.formats:
         for arm in (a for a in spec.arms if a != spec.reference):
+            ref = reference_of(spec, arm)
             seeds = sorted(set(done.loc[(done.arm == arm) & (done.format == fmt), "seed"])
-                           & set(done.loc[(done.arm == spec.reference) & (done.format == fmt), "seed"]))
+                           & set(done.loc[(done.arm == ref) & (done.format == fmt), "seed"]))
             for seed in seeds:
-                both = [load_committed_predictions(spec, f"{a}-s{int(seed)}", fmt, a) for a in (arm, spec.reference)]
-                paired = paired_bootstrap(pd.concat(both, ignore_index=True), arm, spec.reference, spec.n_boot, seed=0)
-                parts.append(long_format(paired).assign(format=fmt, arm=arm, reference=spec.reference, seed=int(seed)))
+                both = [load_committed_predictions(spec, f"{a}-s{int(seed)}", fmt, a) for a in (arm, ref)]
+                paired = paired_bootstrap(pd.concat(both, ignore_index=True), arm, ref, spec.n_boot, seed=0)
+                parts.append(long_format(paired).assign(format=fmt, arm=arm, reference=ref, seed=int(seed)))
     columns = ["format", "arm", "reference", "seed", "group", "metric", "a", "b", "diff", "diff_low", "diff_high", "se"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
+def dose_arms(spec: StudySpec) -> dict[str, float]:
+    """Arms that differ from the recipe only in the contrastive weight: arm -> lambda (0 for an arm without the
+    contrastive term, e.g. CIT). Arms with other overrides (data, model, other training keys) are left out."""
+    dose = {}
+    for arm, a in spec.arms.items():
+        if a.model or a.data or not set(a.train) <= {"lambda", "contrastive"}:
+            continue
+        P = arm_params(spec, arm, spec.seeds[0])
+        dose[arm] = float(P.train.lambda_) if P.train.contrastive else 0.0
+    return dose
+
+
+def dose_response(spec: StudySpec, runs: pd.DataFrame) -> pd.DataFrame:
+    """The committed runs of :func:`dose_arms` with their ``lambda`` (rows of :func:`committed_runs` that are done)."""
+    dose = dose_arms(spec)
+    done = runs[(runs["status"] == "done") & runs["arm"].isin(list(dose))]
+    return done.assign(**{"lambda": done["arm"].map(dose)}).sort_values(["format", "lambda", "seed"])
+
+
 def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     """Tables (CSV + Markdown) and the figure of the study from its committed outputs, into ``spec.committed_dir``."""
-    from coinlib.results import plots, tables
+    from coinlib.results import plots, tables  # matplotlib: only when the report is drawn
 
     runs = committed_runs(spec)
     per_seed = per_seed_comparisons(spec, runs)
@@ -85,8 +105,16 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
     markdown = tables.study_markdown(runs, per_seed, across, labels, spec.alpha, spec.power)
     atomic_write_text(out / "study.md", markdown)
     if len(per_seed):
-        for fmt in sorted(set(per_seed["format"])):
-            fig = plots.plot_seed_differences(per_seed[per_seed.format == fmt], across[across.format == fmt], labels)
-            plots.save_figure(fig, per_seed[per_seed.format == fmt], out, f"seed_differences_{fmt}")
+        for (fmt, ref), rows in per_seed.groupby(["format", "reference"], sort=True):
+            name = f"seed_differences_{fmt}" + ("" if ref == spec.reference else f"_vs_{ref}")
+            summary = across[(across.format == fmt) & across["arm"].isin(set(rows["arm"]))]
+            fig = plots.plot_seed_differences(rows, summary, labels)
+            plots.save_figure(fig, rows, out, name)
             plots.plt.close(fig)
-    return {"runs": runs, "per_seed": per_seed, "across": across}
+    dose = dose_response(spec, runs)
+    for fmt in sorted(set(dose["format"])):
+        if dose.loc[dose.format == fmt, "lambda"].nunique() >= 3:  # a curve needs three weights at least
+            fig = plots.plot_dose_response(dose[dose.format == fmt])
+            plots.save_figure(fig, dose[dose.format == fmt], out, f"lambda_dose_{fmt}")
+            plots.plt.close(fig)
+    return {"runs": runs, "per_seed": per_seed, "across": across, "dose": dose}

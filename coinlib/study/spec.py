@@ -11,10 +11,11 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coinlib.core.params import PARAMS_DIR, ParamsError, Params, deep_merge, parse_sets, read_yaml, sets_note, validate
-from coinlib.core.sources import REPO_ROOT
+from coinlib.core.formats import INPUT_FORMATS, InputFormat
+from coinlib.core.paths import FIGURES_DIR, REPO_ROOT
 
 BASE_KEY = "base"
-FORMATS = ("train", "paper", "chat")
+FORMATS = INPUT_FORMATS
 
 
 class StudyError(RuntimeError):
@@ -29,6 +30,10 @@ class ArmSpec(_Spec):
     """One arm: a display label and overrides of the recipe's ``model``, ``data`` and ``train`` sections."""
 
     label: str
+    compare_to: Optional[str] = Field(None, description="arm this arm is compared with (default: the spec's "
+                                      "reference)")
+    continues: Optional[str] = Field(None, description="arm whose adapter (same seed) this arm continues training; "
+                                     "it is trained first when its adapter is not in runs/")
     model: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -39,11 +44,40 @@ class GateSpec(_Spec):
 
     arm: str = "cit"
     seed: int = 0
-    format: Literal["train", "paper", "chat"] = "train"
+    format: InputFormat = "train"
     task: str = "sst2"
     group: str = "clean"
     metric: Literal["cal_acc", "auc", "mean_acc"] = "cal_acc"
     threshold: float = Field(0.75, ge=0.0, le=1.0)
+
+
+class CheckpointSpec(_Spec):
+    """Evaluations of every training run part-way, at fractions of ``train.max_steps`` (a metric-vs-step curve, and
+    what an unfinished long run already says): the adapter is snapshot at each step (training pauses there) and
+    evaluated in ``format`` with the recipe's evaluation, ``evaluate`` overriding some of it (e.g. fewer tasks)."""
+
+    at: list[float] = Field(default_factory=list, description="fractions of train.max_steps, each in (0, 1)")
+    arms: Optional[list[str]] = Field(None, description="arms evaluated part-way (None: every arm)")
+    format: InputFormat = "train"
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="overrides of the evaluate section")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "CheckpointSpec":
+        if any(not 0 < f < 1 for f in self.at):
+            raise ValueError(f"checkpoints.at {self.at}: fractions of training strictly between 0 and 1")
+        if {"adapters", "include_base", "input_format"} & set(self.evaluate):
+            raise ValueError("checkpoints.evaluate cannot set adapters, include_base or input_format")
+        return self
+
+
+class TrainGateSpec(_Spec):
+    """Go/no-go on training: every arm at ``seed`` trains to fraction ``at`` of ``train.max_steps`` first; each one's
+    generation loss (mean of the last quarter of logged steps against the first quarter) must fall by more than
+    ``min_drop`` before the rest of training is spent."""
+
+    at: Optional[float] = Field(None, gt=0, lt=1, description="fraction of train.max_steps; None: no training gate")
+    seed: int = 0
+    min_drop: float = Field(0.0, ge=0, lt=1, description="relative fall required")
 
 
 class StudySpec(_Spec):
@@ -52,12 +86,15 @@ class StudySpec(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     params: str = Field(description="the recipe: a parameter file, relative to this file's folder or params/")
     arms: dict[str, ArmSpec]
-    reference: str = Field("cit", description="arm every other arm is compared with (differences: arm - reference)")
+    reference: str = Field("cit", description="arm every other arm is compared with (differences: arm - reference), "
+                           "unless the arm names its own compare_to")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    formats: list[Literal["train", "paper", "chat"]] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
+    formats: list[InputFormat] = Field(default_factory=lambda: ["train", "paper"], min_length=1)
     base_model: bool = Field(True, description="also evaluate the untrained base model in every format")
     gate: GateSpec = Field(default_factory=GateSpec)
-    committed_root: str = Field("figures", description="committed outputs go to <committed_root>/<name>/")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    train_gate: TrainGateSpec = Field(default_factory=TrainGateSpec)
+    committed_root: str = Field(FIGURES_DIR, description="committed outputs go to <committed_root>/<name>/")
     commit_progress: bool = Field(
         False, description="copy each training run's newest checkpoint into the committed folder at every save "
         "(runs/<key>/train-progress/), so a run longer than a session resumes in the next from the repository "
@@ -74,9 +111,17 @@ class StudySpec(_Spec):
         bad = [a for a in self.arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", a) or a == BASE_KEY]
         if bad:
             raise ValueError(f"arm names {bad}: use lowercase letters, digits, '-' or '_' (and not {BASE_KEY!r})")
-        for what, arm in (("reference", self.reference), ("gate.arm", self.gate.arm)):
+        for what, arm in (("reference", self.reference), ("gate.arm", self.gate.arm),
+                          *(("checkpoints.arms", a) for a in self.checkpoints.arms or [])):
             if arm not in self.arms:
                 raise ValueError(f"{what} {arm!r} is not an arm (arms: {', '.join(self.arms)})")
+        for arm, a in self.arms.items():
+            if a.compare_to is not None and (a.compare_to not in self.arms or a.compare_to == arm):
+                raise ValueError(f"arms.{arm}.compare_to {a.compare_to!r} is not another arm")
+            if a.continues is not None and (a.continues not in self.arms or a.continues == arm
+                                            or self.arms[a.continues].continues is not None):
+                raise ValueError(f"arms.{arm}.continues {a.continues!r}: name another arm that does not itself "
+                                 "continue one")
         if self.gate.format not in self.formats:
             raise ValueError(f"gate.format {self.gate.format!r} is not among formats {self.formats}")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.formats)) != len(self.formats):
@@ -97,6 +142,11 @@ class StudySpec(_Spec):
         """``<committed_root>/<name>``: the report; ``runs/`` below it holds each run's committed outputs."""
         root = Path(self.committed_root)
         return (root if root.is_absolute() else REPO_ROOT / root) / self.name
+
+
+def reference_of(spec: StudySpec, arm: str) -> str:
+    """The arm ``arm`` is compared with: its ``compare_to``, else the spec's ``reference``."""
+    return spec.arms[arm].compare_to or spec.reference
 
 
 def load_spec(path: str | Path, sets: Sequence[str] = ()) -> StudySpec:
@@ -127,6 +177,11 @@ class RunPlan:
     seed: Optional[int]
     train: Optional[Params]
     evals: dict[str, Params] = field(default_factory=dict)
+    #: Part-way evaluations by optimizer step (:attr:`StudySpec.checkpoints`), stage ``step<N>-<format>``.
+    checkpoints: dict[int, Params] = field(default_factory=dict)
+
+    def checkpoint_stage(self, step: int) -> str:
+        return f"step{step}-{self.checkpoints[step].evaluate.input_format}"
 
 
 def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
@@ -136,6 +191,11 @@ def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
     overrides = {s: v for s, v in (("model", a.model), ("data", a.data), ("train", a.train)) if v}
     recipe = deep_merge(read_yaml(path), parse_sets(spec.sets))
     values = deep_merge(recipe, {**overrides, "run": {"name": f"{spec.name}-{arm}-s{seed}", "seed": seed}})
+    if a.continues is not None:  # the continued run's adapter, as a path relative to the repository when it is
+        base = arm_params(spec, a.continues, seed)
+        adapter = base.run_dir / "adapter"
+        values.setdefault("model", {})["adapter"] = str(
+            adapter.relative_to(REPO_ROOT) if adapter.is_relative_to(REPO_ROOT) else adapter)
     try:
         return validate(values, f"{spec.source or 'study'}: arms.{arm} over {path}{sets_note(spec.sets)}", path.parent)
     except ParamsError as exc:
@@ -150,6 +210,41 @@ def eval_params(P: Params, fmt: str, adapter: Optional[str]) -> Params:
     values["run"]["name"] = f"{P.run.name}-eval-{fmt}"
     values["evaluate"].update(input_format=fmt, adapters=[adapter] if adapter else [], include_base=adapter is None)
     return validate(values, f"evaluation {values['run']['name']}")
+
+
+def stop_steps(P: Params, fractions: list[float]) -> list[int]:
+    """The optimizer steps at ``fractions`` of ``train.max_steps`` (rounded, at least 1, before the last step)."""
+    if not fractions:
+        return []
+    if P.train.max_steps <= 0:
+        raise StudyError(f"{P.run.name}: part-way stops need train.max_steps > 0 (it is {P.train.max_steps}). "
+                         "Fix: set train.max_steps, or remove checkpoints.at / train_gate.at from the study spec.")
+    steps = sorted({max(1, round(f * P.train.max_steps)) for f in fractions})
+    return [s for s in steps if s < P.train.max_steps]
+
+
+def snapshot_name(P: Params, step: int) -> str:
+    """Run name of the adapter snapshot of ``P`` at ``step``: ``runs/<run>-step<N>/adapter``."""
+    return f"{P.run.name}-step{step}"
+
+
+def checkpoint_evals(spec: StudySpec, arm: str, P: Params) -> dict[int, Params]:
+    """The part-way evaluations of ``arm``'s training run ``P``: step -> evaluation of the snapshot
+    ``<run>-step<N>`` (none when ``checkpoints.arms`` leaves the arm out)."""
+    evals: dict[int, Params] = {}
+    if spec.checkpoints.arms is not None and arm not in spec.checkpoints.arms:
+        return evals
+    for step in stop_steps(P, spec.checkpoints.at):
+        values = eval_params(P, spec.checkpoints.format, snapshot_name(P, step)).model_dump(by_alias=True,
+                                                                                           exclude={"base"})
+        values["base"] = None
+        values["run"]["name"] = f"{snapshot_name(P, step)}-eval-{spec.checkpoints.format}"
+        values["evaluate"].update(spec.checkpoints.evaluate)
+        try:
+            evals[step] = validate(values, f"{spec.source or 'study'}: checkpoints.evaluate")
+        except ParamsError as exc:
+            raise StudyError(str(exc)) from None
+    return evals
 
 
 def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
@@ -168,7 +263,8 @@ def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[i
     for seed in seeds:
         for arm in arms:
             P = arm_params(spec, arm, seed)
-            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, {f: eval_params(P, f, P.run.name) for f in formats}))
+            plans.append(RunPlan(f"{arm}-s{seed}", arm, seed, P, {f: eval_params(P, f, P.run.name) for f in formats},
+                                 checkpoint_evals(spec, arm, P)))
     return plans
 
 
@@ -177,4 +273,4 @@ def pilot_plan(spec: StudySpec) -> RunPlan:
     P = arm_params(spec, spec.gate.arm, spec.gate.seed)
     formats = [spec.gate.format, *[f for f in spec.formats if f != spec.gate.format]]
     return RunPlan(f"{spec.gate.arm}-s{spec.gate.seed}", spec.gate.arm, spec.gate.seed, P,
-                   {f: eval_params(P, f, P.run.name) for f in formats})
+                   {f: eval_params(P, f, P.run.name) for f in formats}, checkpoint_evals(spec, spec.gate.arm, P))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable, Literal, Optional
 import pandas as pd
 import yaml
 
+from coinlib.core.fileio import atomic_folder
 from coinlib.core.params import Params
 from coinlib.core.sources import repo_relative
 from coinlib.study.spec import StudySpec
@@ -44,8 +44,17 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
+#: Folder below a study's committed folder holding each run's committed stages.
+COMMITTED_RUNS = "runs"
+
+
+def runs_dir(spec: StudySpec) -> Path:
+    """``<committed_root>/<name>/runs``: one folder per run key, one per stage below it."""
+    return spec.committed_dir / COMMITTED_RUNS
+
+
 def stage_dir(spec: StudySpec, key: str, stage: str) -> Path:
-    return spec.committed_dir / "runs" / key / stage
+    return runs_dir(spec) / key / stage
 
 
 def stage_state(folder: Path, digest: str, P: Optional[Params] = None) -> Literal["done", "missing", "stale"]:
@@ -81,21 +90,15 @@ def stale_keys(folder: Path, P: Params) -> list[str]:
 def commit_stage(folder: Path, files: dict[str, Path | str], meta: dict[str, Any]) -> Path:
     """Copy ``files`` (name -> source path, or text) and ``stage.json`` into ``folder`` atomically (renamed into
     place whole; a previous version is replaced)."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, source in files.items():
-        if isinstance(source, Path):
-            shutil.copyfile(source, tmp / name)
-        else:
-            (tmp / name).write_text(source, encoding="utf-8")
-    (tmp / "stage.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    def fill(tmp: Path) -> None:
+        for name, source in files.items():
+            if isinstance(source, Path):
+                shutil.copyfile(source, tmp / name)
+            else:
+                (tmp / name).write_text(source, encoding="utf-8")
+        (tmp / "stage.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+
+    return atomic_folder(folder, fill)
 
 
 #: Stage folder name of a run's committed training progress (:attr:`StudySpec.commit_progress`).
@@ -116,7 +119,7 @@ def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path) 
     """Copy committed progress (:func:`save_progress`) back to ``checkpoints/checkpoint-N`` when it was made with
     these settings and is newer than every intact local checkpoint; the attempt times too when none are local.
     Returns the restored checkpoint, or None."""
-    from coinlib.train.trainer import last_complete_checkpoint
+    from coinlib.train.trainer import last_complete_checkpoint  # torch and transformers: only when resuming
 
     meta = _read_meta(folder)
     if meta.get("digest") != digest or not isinstance(meta.get("step"), int):
@@ -125,14 +128,13 @@ def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path) 
     if local is not None and int(Path(local).name.removeprefix("checkpoint-")) >= meta["step"]:
         return None
     target = checkpoints / f"checkpoint-{meta['step']}"
-    tmp = checkpoints / f".restore-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in folder.iterdir():
-        if f.is_file() and f.name not in ("stage.json", "study_clock.json"):
-            shutil.copyfile(f, tmp / f.name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+
+    def fill(tmp: Path) -> None:
+        for f in folder.iterdir():
+            if f.is_file() and f.name not in ("stage.json", "study_clock.json"):
+                shutil.copyfile(f, tmp / f.name)
+
+    atomic_folder(target, fill)
     if (folder / "study_clock.json").is_file() and not clock.is_file():
         clock.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "study_clock.json", clock)
@@ -171,7 +173,7 @@ def _params_yaml(P: Params) -> str:
 def stage_times(spec: StudySpec) -> dict[str, float]:
     """Median wall seconds of the committed stages of each kind (``train``, ``eval-<format>``): the --plan estimate."""
     times: dict[str, list[float]] = {}
-    for meta in sorted((spec.committed_dir / "runs").glob("*/*/stage.json")):
+    for meta in sorted(runs_dir(spec).glob("*/*/stage.json")):
         wall = _read_meta(meta.parent).get("wall_s")
         if isinstance(wall, (int, float)) and wall > 0:
             times.setdefault(meta.parent.name, []).append(float(wall))

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Sampler
 
-from coinlib.core.formats import train_prompt
+from coinlib.core.formats import RESPONSE_MARKER, train_prompt
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _encode(tokenizer, prompt: str, target: str, cutoff_len: int, append_eos: bo
     if truncated:
         t_ids = t_ids[: max(1, cutoff_len // 2)]
         room = cutoff_len - len(t_ids)
-        tail = min(len(tokenizer("\n\n### Response:\n", add_special_tokens=False)["input_ids"]), room // 2)
+        tail = min(len(tokenizer(RESPONSE_MARKER, add_special_tokens=False)["input_ids"]), room // 2)
         p_ids = p_ids[: room - tail] + (p_ids[-tail:] if tail else [])
     return p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids, truncated, n_target
 

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from coinlib.core.fileio import atomic_write, atomic_write_text
+from coinlib.core.fileio import atomic_folder, atomic_write, atomic_write_text
 from coinlib.core.models import load_model
-from coinlib.core.params import Params, TrainParams
+from coinlib.core.params import Params, TrainParams, add_set_argument, load_params, load_params_or_exit
+from coinlib.data.pairs import load_or_build
 from coinlib.train.batching import (
     IGNORE,
     PairCollator,
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["step", "loss", "loss_ent", "loss_ctr", "weight", "cos_pos", "cos_neg", "learning_rate", "grad_norm",
                "epoch"]
+#: Columns ``train.balance: grad_norm`` adds (means over the logging window's optimizer steps).
+BALANCE_COLUMNS = ["balance_scale", "grad_norm_gen", "grad_norm_ctr"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -125,6 +128,9 @@ class CoinTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let the Trainer divide by GA
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
+        self._step_sums: dict[str, float] = defaultdict(float)  # per optimizer step (train.balance)
+        self._steps = 0
+        self._grads: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # the step's g_ent, g_ctr so far
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -133,6 +139,15 @@ class CoinTrainer(Trainer):
                            c.group_by_task and c.batching == "in_batch")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, _, _, out = self._losses(model, inputs)
+        return (loss, out) if return_outputs else loss
+
+    def _losses(self, model, inputs):
+        """``(L, L_ent, w * L_ctr or None, model output)`` of one micro-batch; records the logged statistics.
+
+        ``L`` is :func:`coin_loss`'s total (``L_ent`` for CIT or a dropped non-finite ``L_ctr``); the middle two are
+        its terms, for ``train.balance``.
+        """
         c = self.coin
         groups = 3 if uses_row_negatives(c) else 2
         mask = inputs["attention_mask"]
@@ -157,16 +172,77 @@ class CoinTrainer(Trainer):
                 "use model.dtype float32 or bfloat16 instead of float16, or check the data for empty targets."
             )
         stats = {"loss_ent": ce.item()}
-        loss = ce
+        loss, term = ce, None
         if c.contrastive:
             h = last_token_pool(out.hidden_states[-1], mask).float()
             ctr, cos = self._contrastive(h[:k], h[k:2 * k], h[2 * k:] if groups == 3 else None)
             loss, w = coin_loss(ce, ctr, c.lambda_)
+            if loss is not ce:  # the term is in the graph (coin_loss drops a non-finite L_ctr)
+                term = w.to(ce.dtype) * ctr.to(ce.dtype)
             stats.update(loss_ctr=ctr.item(), weight=w.item(), **cos)
         for key, v in stats.items():
             self._sums[key] += v
         self._count += 1
-        return (loss, out) if return_outputs else loss
+        return loss, ce, term, out
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, except with ``train.balance: grad_norm`` (:meth:`_balanced_step`)."""
+        if self.coin.balance == "none" or not self.coin.contrastive:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._balanced_step(model, inputs)
+
+    def _balanced_step(self, model, inputs) -> torch.Tensor:
+        """Forward once, then the gradients of ``L_ent`` and of ``w * L_ctr`` separately (``torch.autograd.grad``
+        over the trainable weights, the graph kept for the second), each summed over the optimizer step's
+        micro-batches (divided by the accumulation steps, as the Trainer divides the loss). On the step's last
+        micro-batch the weights' ``.grad`` becomes ``g_ent + s * g_ctr`` with ``s = min(1, |g_ent| / |g_ctr|)``
+        (norms over all trainable weights); the Trainer then clips and steps as usual.
+
+        Per optimizer step rather than per micro-batch: the bound is on the gradient the optimizer applies, and it
+        does not depend on how the step is split into micro-batches (reference batching: 2 entries each, whose
+        contrastive gradients partly cancel in the sum).
+        """
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss, ce, term, _ = self._losses(model, inputs)
+        del inputs
+        ga = self.current_gradient_accumulation_steps
+        scaler = getattr(self.accelerator, "scaler", None)  # fp16: the optimizer unscales what it finds in .grad
+        scaled = (lambda x: scaler.scale(x)) if scaler is not None else (lambda x: x)
+        params = [p for p in model.parameters() if p.requires_grad]
+        g_ent = torch.autograd.grad(scaled(ce / ga), params, retain_graph=term is not None, allow_unused=True)
+        g_ctr = (torch.autograd.grad(scaled(term / ga), params, allow_unused=True) if term is not None
+                 else (None,) * len(params))
+        if self._grads is None:
+            self._grads = ([torch.zeros_like(p, dtype=torch.float32) for p in params],
+                           [torch.zeros_like(p, dtype=torch.float32) for p in params])
+        for acc, grads in zip(self._grads, (g_ent, g_ctr)):
+            for a, g in zip(acc, grads):
+                if g is not None:
+                    a.add_(g.float())
+        if self.accelerator.sync_gradients:  # the step's last micro-batch: combine before clipping
+            self._apply_balanced(params)
+        return loss.detach() / ga
+
+    def _apply_balanced(self, params: list[torch.Tensor]) -> None:
+        gen, ctr = self._grads
+        self._grads = None
+        norm_gen = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gen]))
+        norm_ctr = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in ctr]))
+        # |g_ctr| = 0 gives inf, clamped to 1 (nothing to scale); a non-finite norm (fp16 overflow) is left for the
+        # optimizer's overflow check rather than hidden
+        scale = torch.clamp(norm_gen / norm_ctr, max=1.0)
+        for p, g, c in zip(params, gen, ctr):
+            combined = (g + scale * c).to(p.dtype)
+            p.grad = combined if p.grad is None else p.grad + combined
+        unscale = float(self.accelerator.scaler.get_scale()) if getattr(self.accelerator, "scaler", None) else 1.0
+        for key, v in (("balance_scale", scale.item()), ("grad_norm_gen", norm_gen.item() / unscale),
+                       ("grad_norm_ctr", norm_ctr.item() / unscale)):
+            self._step_sums[key] += v
+        self._steps += 1
 
     def _autocast(self, device: torch.device):
         """The mixed-precision context the Trainer runs the model's forward in, for work done outside it."""
@@ -202,6 +278,11 @@ class CoinTrainer(Trainer):
                 logs[key] = v / self._count
             self._sums.clear()
             self._count = 0
+        if "loss" in logs and self._steps:
+            for key, v in self._step_sums.items():
+                logs[key] = v / self._steps
+            self._step_sums.clear()
+            self._steps = 0
         super().log(logs, start_time)
 
 
@@ -237,6 +318,11 @@ def training_arguments(P: Params, world_size: int | None = None) -> TrainingArgu
                          "(null), or use train.batching: paired or in_batch.")
     if t.batching == "paired" and not t.row_negatives and t.micro_batch_pairs < 2:
         raise ValueError("train.row_negatives=false needs micro_batch_pairs >= 2 (the other entries are the negatives)")
+    if t.balance != "none" and t.contrastive and world > 1:
+        raise ValueError(
+            f"train.balance={t.balance} runs on one process only: it takes its gradients with torch.autograd.grad, "
+            f"which bypasses the gradient averaging of the {world} processes. Fix: train on one process, or set "
+            "train.balance: none.")
     if "wandb" in t.report_to:
         import importlib.util
 
@@ -393,7 +479,6 @@ def last_complete_checkpoint(folder: Path, move_aside: bool = True) -> str | Non
 
 def check_resumable(P: Params) -> None:
     """Refuse to resume checkpoints written with other model, data or training settings."""
-    from coinlib.core.params import load_params
 
     saved_path = P.run_dir / "params.yaml"
     if not saved_path.is_file():
@@ -424,24 +509,16 @@ def _finished(P: Params, checkpoint: Path) -> bool:
 
 def train(P: Params, callbacks: list[TrainerCallback] | None = None) -> Path:
     """Train the run ``P`` on the contrastive dataset of ``coinlib.data.pairs``; returns the adapter folder."""
-    from coinlib.data.pairs import load_or_build
-
     return train_on(P, load_or_build(P), callbacks=callbacks)
 
 
 def save_adapter(model, folder: Path, P: Params) -> Path:
     """Save the LoRA adapter (safetensors) and the resolved parameters, replacing ``folder`` atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "coin_params.yaml").write_text(P.to_yaml(), encoding="utf-8")
+
+    return atomic_folder(folder, fill)
 
 
 def write_log(history: list[dict[str, Any]], path: Path) -> pd.DataFrame:
@@ -460,7 +537,6 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: build or load the data, train, print the adapter folder."""
     import argparse
 
-    from coinlib.core.params import add_set_argument, load_params_or_exit
 
     ap = argparse.ArgumentParser(prog="python -m coinlib.train",
                                  description="Train COIN (or CIT) as a parameter file says.")
