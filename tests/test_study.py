@@ -477,6 +477,7 @@ def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_t
         train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper, _Kill(3)])
     assert json.loads((folder / "stage.json").read_text())["step"] == 2
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "optimizer.pt").is_file()
+    assert not list(folder.glob("tokenizer*")) and not (folder / "README.md").exists()  # not needed to resume
     shutil.rmtree(part.run_dir)  # a fresh clone: no checkpoint, no attempt times
     assert store.restore_progress(folder, "other settings", part.run_dir / "checkpoints", clock) is None
     restored = store.restore_progress(folder, "d", part.run_dir / "checkpoints", clock)
