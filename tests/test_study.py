@@ -485,15 +485,20 @@ def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_t
     folder, clock = tmp_path / "committed" / "runs" / "part" / store.PROGRESS, part.run_dir / "study_train.json"
     clock.parent.mkdir(parents=True)
     clock.write_text(json.dumps({"digest": "d", "attempts_s": [5.0]}))
-    keeper = driver.ProgressKeeper(folder, "d", clock)
+    keeper = driver.ProgressKeeper(folder, "d", clock, part)
     with pytest.raises(_Kill.Killed):
         train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper, _Kill(3)])
     assert json.loads((folder / "stage.json").read_text())["step"] == 2
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "optimizer.pt").is_file()
     assert not list(folder.glob("tokenizer*")) and not (folder / "README.md").exists()  # not needed to resume
+    assert not (folder / "training_args.bin").exists()  # a pickle with machine paths
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == part.model.name
     shutil.rmtree(part.run_dir)  # a fresh clone: no checkpoint, no attempt times
     assert store.restore_progress(folder, "other settings", part.run_dir / "checkpoints", clock) is None
-    restored = store.restore_progress(folder, "d", part.run_dir / "checkpoints", clock)
+    other = make_params(tmp_path, "part", max_steps=5)  # another schedule: another run's progress
+    assert store.restore_progress(folder, "a newer digest", part.run_dir / "checkpoints", clock, other) is None
+    # the same settings under a digest made after a parameter was added to the schema (params.yaml decides)
+    restored = store.restore_progress(folder, "a newer digest", part.run_dir / "checkpoints", clock, part)
     assert restored == part.run_dir / "checkpoints" / "checkpoint-2"
     assert json.loads(clock.read_text())["attempts_s"] == [5.0]  # the earlier session's time is kept
     assert store.restore_progress(folder, "d", part.run_dir / "checkpoints", clock) is None  # local is as new

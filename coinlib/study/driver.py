@@ -60,13 +60,13 @@ CLOCK_BEAT_S = 10.0
 class ProgressKeeper(TrainerCallback):
     """Commits the newest checkpoint after every save (:func:`save_progress`)."""
 
-    def __init__(self, folder: Path, digest: str, clock: Path):
-        self.folder, self.digest, self.clock = folder, digest, clock
+    def __init__(self, folder: Path, digest: str, clock: Path, P: Optional[Params] = None):
+        self.folder, self.digest, self.clock, self.P = folder, digest, clock, P
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if checkpoint.is_dir():
-            save_progress(checkpoint, self.folder, self.digest, self.clock)
+            save_progress(checkpoint, self.folder, self.digest, self.clock, self.P)
 
 
 
@@ -243,10 +243,10 @@ class Driver:
         callbacks: list[TrainerCallback] = []
         if self.spec.commit_progress:
             progress = stage_dir(self.spec, plan.key, PROGRESS)
-            restored = restore_progress(progress, digest, P.run_dir / "checkpoints", clock_file)
+            restored = restore_progress(progress, digest, P.run_dir / "checkpoints", clock_file, P)
             if restored is not None:
                 self.log(f"[study] {plan.key}: resuming from the committed {_rel(progress)} ({restored.name})")
-            callbacks.append(ProgressKeeper(progress, digest, clock_file))
+            callbacks.append(ProgressKeeper(progress, digest, clock_file, P))
         missing = self._snapshots_missing(plan)
         done = newest_step(P) if not self._adapter_ready(P) else P.train.max_steps
         if any(step < done for step in missing):

@@ -106,30 +106,42 @@ PROGRESS = "train-progress"
 
 
 #: What resuming needs of a Trainer checkpoint (plus ``rng_state*.pth``); the tokenizer files and model card are not
-#: committed (about 4 MB of the 26 of a SmolLM2-135M checkpoint).
+#: committed (about 4 MB of the 26 of a SmolLM2-135M checkpoint), nor the pickled training arguments (they hold
+#: machine paths; resuming reads none of them).
 PROGRESS_FILES = {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt",
-                  "trainer_state.json", "training_args.bin"}
+                  "trainer_state.json"}
 
 
-def save_progress(checkpoint: Path, folder: Path, digest: str, clock: Optional[Path] = None) -> Path:
-    """Commit what resuming ``checkpoint`` (a Trainer checkpoint folder) needs and the stage's attempt times
-    (``clock``) to ``folder``, replacing the previous progress atomically."""
+def save_progress(checkpoint: Path, folder: Path, digest: str, clock: Optional[Path] = None,
+                  P: Optional[Params] = None) -> Path:
+    """Commit what resuming ``checkpoint`` (a Trainer checkpoint folder) needs, the stage's attempt times
+    (``clock``) and the run's parameters (``P``, as ``params.yaml``) to ``folder``, replacing the previous progress
+    atomically."""
     files: dict[str, Path | str] = {p.name: p for p in sorted(checkpoint.iterdir()) if p.is_file() and (
         p.name in PROGRESS_FILES or p.name.startswith("rng_state"))}
+    if P is not None:
+        files["params.yaml"] = _params_yaml(P)
+    if "adapter_config.json" in files:  # the base model as the parameters name it, not a path on this machine
+        config = json.loads(Path(files["adapter_config.json"]).read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = P.model.name if P is not None else None
+        files["adapter_config.json"] = json.dumps(config, indent=2, sort_keys=True)
     if clock is not None and clock.is_file():
         files["study_clock.json"] = clock
     step = int(checkpoint.name.removeprefix("checkpoint-"))
     return commit_stage(folder, files, {"digest": digest, "step": step, "checkpoint": checkpoint.name})
 
 
-def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path) -> Optional[Path]:
+def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path,
+                     P: Optional[Params] = None) -> Optional[Path]:
     """Copy committed progress (:func:`save_progress`) back to ``checkpoints/checkpoint-N`` when it was made with
     these settings and is newer than every intact local checkpoint; the attempt times too when none are local.
     Returns the restored checkpoint, or None."""
     from coinlib.train.trainer import last_complete_checkpoint  # torch and transformers: only when resuming
 
     meta = _read_meta(folder)
-    if meta.get("digest") != digest or not isinstance(meta.get("step"), int):
+    same = meta.get("digest") == digest or (  # a parameter added since, at its default, changes nothing
+        P is not None and (folder / "params.yaml").is_file() and not stale_keys(folder, P))
+    if not same or not isinstance(meta.get("step"), int):
         return None
     local = last_complete_checkpoint(checkpoints)
     if local is not None and int(Path(local).name.removeprefix("checkpoint-")) >= meta["step"]:
@@ -138,7 +150,7 @@ def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path) 
 
     def fill(tmp: Path) -> None:
         for f in folder.iterdir():
-            if f.is_file() and f.name not in ("stage.json", "study_clock.json"):
+            if f.is_file() and f.name not in ("stage.json", "study_clock.json", "params.yaml"):
                 shutil.copyfile(f, tmp / f.name)
 
     atomic_folder(target, fill)
