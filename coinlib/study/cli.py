@@ -47,8 +47,8 @@ def stage_estimate(typical: dict[str, float], plan, stage: str) -> float:
     evaluation, its format's main evaluation scaled by instances x tasks x groups (0 when nothing is known)."""
     if stage in typical:
         return typical[stage]
-    if stage.startswith("step") and "-" in stage:
-        Pe = plan.checkpoints.get(int(stage[4:].split("-")[0]))
+    if stage in plan.checkpoint_stages():
+        Pe = plan.checkpoints[plan.checkpoint_stages()[stage]]
     elif stage.startswith("eval-"):
         Pe = plan.evals.get(stage.removeprefix("eval-"))
     else:

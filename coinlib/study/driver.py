@@ -166,22 +166,14 @@ class Driver:
         for key, Pe in plan.evals.items():
             if formats is not None and Pe.evaluate.input_format not in formats:
                 continue
-            folder = stage_dir(self.spec, plan.key, f"eval-{key}")
-            state = stage_state(folder, settings_digest(Pe, "evaluate", plan.train), Pe)
-            if state == "stale" and not self.replace_stale:
-                stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pe)) or 'training settings'})")
-            if state != "done":
+            if self._eval_state(plan, f"eval-{key}", Pe, stale) != "done":
                 todo.append(f"eval-{key}")
         finals_pending, snapshots_needed = bool(todo), False
         for step, Pc in plan.checkpoints.items():
             if formats is not None and Pc.evaluate.input_format not in formats:
                 continue
             stage = plan.checkpoint_stage(step)
-            folder = stage_dir(self.spec, plan.key, stage)
-            state = stage_state(folder, settings_digest(Pc, "evaluate", plan.train), Pc)
-            if state == "stale" and not self.replace_stale:
-                stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pc)) or 'training settings'})")
-            if state != "done":
+            if self._eval_state(plan, stage, Pc, stale) != "done":
                 todo.append(stage)
                 snapshots_needed |= not snapshot_ready(plan.train, step)
         if plan.train is not None and todo:
@@ -196,6 +188,14 @@ class Driver:
                              "restore those settings, or pass --replace-stale to redo these stages (the old "
                              "outputs are replaced when the new ones are committed).")
         return todo
+
+    def _eval_state(self, plan: RunPlan, stage: str, Pe: Params, stale: Optional[list[str]] = None) -> str:
+        """:func:`stage_state` of an evaluation stage of ``plan``; a stale one is described in ``stale``."""
+        folder = stage_dir(self.spec, plan.key, stage)
+        state = stage_state(folder, settings_digest(Pe, "evaluate", plan.train), Pe)
+        if state == "stale" and not self.replace_stale and stale is not None:
+            stale.append(f"{_rel(folder)} ({', '.join(stale_keys(folder, Pe)) or 'training settings'})")
+        return state
 
     @staticmethod
     def _adapter_ready(P: Params) -> bool:
@@ -213,7 +213,7 @@ class Driver:
         when it paused there, True when every stage is done."""
         if "train" in self.pending(plan, formats) and not self._train(plan, until):
             return False
-        steps = {plan.checkpoint_stage(step): step for step in plan.checkpoints}
+        steps = plan.checkpoint_stages()
         for stage in self.pending(plan, formats):
             if stage in steps:
                 self._evaluate_checkpoint(plan, steps[stage])
@@ -223,9 +223,8 @@ class Driver:
 
     def _snapshots_missing(self, plan: RunPlan) -> list[int]:
         """Steps whose part-way evaluation is not committed and whose snapshot is not in ``runs/``."""
-        return [step for step, Pc in plan.checkpoints.items() if not snapshot_ready(plan.train, step) and stage_state(
-            stage_dir(self.spec, plan.key, plan.checkpoint_stage(step)), settings_digest(Pc, "evaluate", plan.train),
-            Pc) != "done"]
+        return [step for step, Pc in plan.checkpoints.items() if not snapshot_ready(plan.train, step)
+                and self._eval_state(plan, plan.checkpoint_stage(step), Pc) != "done"]
 
     def _train(self, plan: RunPlan, until: Optional[int] = None) -> bool:
         """Train ``plan`` to its end (True) or to step ``until`` (False), pausing at each missing snapshot's step to

@@ -210,6 +210,10 @@ class RunPlan:
     def checkpoint_stage(self, step: int) -> str:
         return f"step{step}-{self.checkpoints[step].evaluate.input_format}"
 
+    def checkpoint_stages(self) -> dict[str, int]:
+        """Stage name -> step of every part-way evaluation."""
+        return {self.checkpoint_stage(step): step for step in self.checkpoints}
+
 
 def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
     """Training parameters of ``arm`` at ``seed``: the recipe with the arm's overrides, run ``<name>-<arm>-s<seed>``."""
@@ -276,20 +280,11 @@ def snapshot_name(P: Params, step: int) -> str:
 def checkpoint_evals(spec: StudySpec, arm: str, P: Params) -> dict[int, Params]:
     """The part-way evaluations of ``arm``'s training run ``P``: step -> evaluation of the snapshot
     ``<run>-step<N>`` (none when ``checkpoints.arms`` leaves the arm out)."""
-    evals: dict[int, Params] = {}
     if spec.checkpoints.arms is not None and arm not in spec.checkpoints.arms:
-        return evals
-    for step in stop_steps(P, spec.checkpoints.at):
-        values = eval_params(P, spec.checkpoints.format, snapshot_name(P, step)).model_dump(by_alias=True,
-                                                                                           exclude={"base"})
-        values["base"] = None
-        values["run"]["name"] = f"{snapshot_name(P, step)}-eval-{spec.checkpoints.format}"
-        values["evaluate"].update(spec.checkpoints.evaluate)
-        try:
-            evals[step] = validate(values, f"{spec.source or 'study'}: checkpoints.evaluate")
-        except ParamsError as exc:
-            raise StudyError(str(exc)) from None
-    return evals
+        return {}
+    c = spec.checkpoints
+    return {step: eval_params(P, c.format, snapshot_name(P, step), f"step{step}", c.evaluate)
+            for step in stop_steps(P, c.at)}
 
 
 def expand(spec: StudySpec, arms: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
