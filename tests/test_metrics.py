@@ -20,6 +20,7 @@ from coinlib.evaluate.metrics import (
     flip_rate,
     instruction_auc,
     log_odds,
+    margin_rank,
     margin_sd,
     mean_std,
     posix,
@@ -173,6 +174,23 @@ def test_margin_sd():
     assert math.isnan(margin_sd(scores[:1]))
 
 
+def test_margin_rank_is_scale_free_and_pairs_instructions_by_index():
+    clean = np.stack([np.zeros((2, 4)), np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])], axis=-1)
+    assert margin_rank(clean, clean) == pytest.approx(1.0)
+    # a monotone rescaling of the margins (a weaker or stronger model, same order) changes nothing
+    rescaled = clean.copy()
+    rescaled[..., 1] = 0.1 * clean[..., 1] ** 3 - 7.0
+    assert margin_rank(rescaled, clean) == pytest.approx(1.0)
+    # instruction i is compared with clean instruction i: swapping the two instructions reverses both orders
+    assert margin_rank(clean[::-1], clean) == pytest.approx(-1.0)
+    # an instruction with constant margins carries no order and is left out; none left: NaN
+    flat = clean.copy()
+    flat[0, :, 1] = 5.0
+    assert margin_rank(flat, clean) == pytest.approx(1.0)
+    assert math.isnan(margin_rank(flat[:1], clean[:1]))
+    assert math.isnan(margin_rank(clean[:, :3], clean))  # other instances: undefined
+
+
 def test_posix_hand_computed():
     # one instance, two instructions, label token counts (1, 2); answers: label 0 under x_0, label 1 under x_1
     # psi = 1/2 * (|s_0(y_1) - s_1(y_1)| / 2 + |s_1(y_0) - s_0(y_0)| / 1) = 1/2 * (1.5 / 2 + 2) = 1.375
@@ -219,6 +237,10 @@ def test_summarize_label_free_known_values():
     assert clean.margin_sd == pytest.approx(0.5) and check.margin_sd == pytest.approx(1.75)
     # POSIX per instance: clean (0, 2.5/2/2, 0, 0.5/2/2); checklist (2/2/2, 3/2/2, (1 + 1)/2, 7/2/2)
     assert clean.posix == pytest.approx(0.1875) and check.posix == pytest.approx(1.0)
+    # Spearman of checklist vs clean margins: instruction 0 ranks (1,2,3,4) vs (1,4,3,2): 1 - 6 * 8 / 60 = 0.2;
+    # instruction 1 ranks (2.5,2.5,4,1) vs (1,2,4,3): 1.5 / sqrt(4.5 * 5); the mean of the two
+    assert check.margin_rank == pytest.approx((0.2 + 1.5 / math.sqrt(22.5)) / 2)
+    assert math.isnan(clean.margin_rank)
     # accuracy columns are unchanged by the label scores
     assert clean.mean_acc == pytest.approx((3 / 4 + 3 / 4) / 2)
 
@@ -231,5 +253,5 @@ def test_posix_needs_the_token_counts():
 def test_generate_mode_rows_give_nan_label_free_metrics_but_a_flip_rate():
     preds = _scored_predictions().assign(label_scores="{}", label_tokens="{}")
     summary = summarize(preds).set_index("group")
-    assert summary[["auc", "cal_acc", "flip_rate_cal", "margin_sd", "posix"]].isna().all().all()
+    assert summary[["auc", "cal_acc", "flip_rate_cal", "margin_sd", "posix", "margin_rank"]].isna().all().all()
     assert summary.loc["checklist", "flip_rate"] == pytest.approx(1 / 8)

@@ -18,6 +18,9 @@ answers is defined in both modes). With labels ``l_0 .. l_{K-1}`` and scores ``s
 - ``flip_rate`` / ``flip_rate_cal``: share of (instruction, instance) cells whose answer (parsed / calibrated) under a
   perturbed instruction differs from the answer under the clean instruction of the same index (:func:`flip_rate`);
 - ``margin_sd``: SD over a group's instructions of each instance's margin, averaged over instances (:func:`margin_sd`);
+- ``margin_rank``: Spearman correlation over instances of the margin under a perturbed instruction with the margin under
+  the clean instruction of the same index, averaged over instructions (:func:`margin_rank`): a consistency that needs
+  no threshold and does not move with the margins' scale, so a weaker model is not penalised for sitting near one;
 - ``posix``: prompt sensitivity index of Chatterjee et al. (EMNLP 2024) over a group's instructions (:func:`posix`).
 """
 
@@ -31,7 +34,8 @@ import pandas as pd
 #: ``model`` label of the base model without adapter in predictions and summaries.
 BASE_LABEL = "base"
 UNIT = ["model", "task", "group"]
-LABEL_FREE_COLUMNS = ["auc", "std_auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal", "margin_sd", "posix"]
+LABEL_FREE_COLUMNS = ["auc", "std_auc", "cal_acc", "std_cal_acc", "flip_rate", "flip_rate_cal", "margin_sd", "posix",
+                      "margin_rank"]
 SUMMARY_COLUMNS = [
     "model", "task", "group", "n_instructions", "n_instances", "mean_acc", "std_acc", "ci_low", "ci_high",
     "drop_rate", "worst_acc", "best_acc", "spread", "consistency", "fleiss_kappa", *LABEL_FREE_COLUMNS,
@@ -205,6 +209,27 @@ def margin_sd(scores: np.ndarray) -> float:
     return float((sd[:, 1] if m.shape[2] == 2 else sd.mean(axis=1)).mean())
 
 
+def margin_rank(scores: np.ndarray, clean_scores: np.ndarray) -> float:
+    """Mean over instructions i of the Spearman correlation over instances between the margin under instruction i
+    (``scores``: ``[instructions, instances, labels]``) and under clean instruction i (``clean_scores``, same shape).
+
+    Two labels: the margin ``s_1 - s_0``; more labels: each ``m_k`` (:func:`log_odds`), correlations averaged over
+    labels. Ties get average ranks; an instruction whose margins are all equal on either side is left out; NaN when
+    the shapes differ or no instruction is left.
+    """
+    a, b = log_odds(scores), log_odds(clean_scores)
+    if a.shape != b.shape:
+        return NAN
+    ks = [1] if a.shape[2] == 2 else range(a.shape[2])
+    rhos = []
+    for i in range(a.shape[0]):
+        for k in ks:
+            ra, rb = pd.Series(a[i, :, k]).rank().to_numpy(), pd.Series(b[i, :, k]).rank().to_numpy()
+            if ra.std() > 0 and rb.std() > 0:
+                rhos.append(float(np.corrcoef(ra, rb)[0, 1]))
+    return float(np.mean(rhos)) if rhos else NAN
+
+
 def posix(scores: np.ndarray, responses: np.ndarray, n_tokens: np.ndarray) -> float:
     """Prompt sensitivity index (POSIX; Chatterjee et al., EMNLP 2024, Eq. 1) over one group's instructions.
 
@@ -227,13 +252,14 @@ def posix(scores: np.ndarray, responses: np.ndarray, n_tokens: np.ndarray) -> fl
     return float(psi.mean())
 
 
-def _label_free(frame: pd.DataFrame) -> tuple[dict, pd.DataFrame | None]:
-    """Label-free metrics of one model x task x group (flip rates excepted) and its calibrated answers table."""
+def _label_free(frame: pd.DataFrame) -> tuple[dict, pd.DataFrame | None, np.ndarray | None]:
+    """Label-free metrics of one model x task x group (those against the clean group excepted), its calibrated
+    answers table and its ``[instructions, instances, labels]`` scores."""
     nan = dict(auc=NAN, std_auc=NAN, cal_acc=NAN, std_cal_acc=NAN, margin_sd=NAN, posix=NAN)
     frame = frame.sort_values(["instruction_id", "instance_id"], kind="stable")
     table = label_score_matrix(frame)
     if table is None:
-        return nan, None
+        return nan, None, None
     labels, flat = table
     ids, inst = frame["instruction_id"].unique(), frame["instance_id"].unique()
     scores = flat.reshape(len(ids), len(inst), len(labels))
@@ -251,7 +277,7 @@ def _label_free(frame: pd.DataFrame) -> tuple[dict, pd.DataFrame | None]:
         out["posix"] = posix(scores, responses.to_numpy(int).reshape(len(ids), len(inst)), tokens[1][0])
     calibrated = pd.DataFrame(np.asarray(labels, dtype=object)[answers], index=pd.Index(ids, name="instruction_id"),
                               columns=pd.Index(inst, name="instance_id"))
-    return out, calibrated
+    return out, calibrated, scores
 
 
 def summarize(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, clean_group: str = "clean") -> pd.DataFrame:
@@ -266,8 +292,8 @@ def summarize(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, clea
         answers = correctness_matrix(frame, "prediction")
         mean, std = mean_std(accs)
         low, high = bootstrap_ci(correct.to_numpy(), n_boot, seed)
-        label_free, calibrated = _label_free(frame)
-        answer_tables[model, task, group] = answers, calibrated
+        label_free, calibrated, scores = _label_free(frame)
+        answer_tables[model, task, group] = answers, calibrated, scores
         rows.append(dict(
             model=model, task=task, group=group, n_instructions=len(accs), n_instances=correct.shape[1],
             mean_acc=mean, std_acc=std, ci_low=low, ci_high=high, worst_acc=float(accs.min()),
@@ -275,21 +301,27 @@ def summarize(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, clea
             consistency=consistency_rate(answers),
             fleiss_kappa=fleiss_kappa(answers) if len(accs) > 1 else float("nan"), **label_free,
         ))
-    summary = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in ("drop_rate", "flip_rate",
-                                                                                   "flip_rate_cal")])
+    against_clean = ("drop_rate", "flip_rate", "flip_rate_cal", "margin_rank")
+    summary = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in against_clean])
     clean = summary[summary["group"] == clean_group].set_index(["model", "task"])["mean_acc"]
     summary["drop_rate"] = [
         drop_rate(acc, clean.get((m, t), float("nan"))) for m, t, acc in summary[["model", "task", "mean_acc"]].itertuples(index=False)
     ]
-    for k, column in enumerate(("flip_rate", "flip_rate_cal")):
-        summary[column] = [_flip(answer_tables, key, clean_group, k) for key in zip(*(summary[c] for c in UNIT))]
+    for k, column in enumerate(("flip_rate", "flip_rate_cal", "margin_rank")):
+        summary[column] = [_against_clean(answer_tables, key, clean_group, k) for key in zip(*(summary[c] for c in UNIT))]
     return summary[SUMMARY_COLUMNS]
 
 
-def _flip(tables: dict, key: tuple, clean_group: str, which: int) -> float:
-    """Flip rate of one summary row against its clean group (NaN for the clean group itself or without one)."""
+def _against_clean(tables: dict, key: tuple, clean_group: str, which: int) -> float:
+    """Flip rate (parsed ``which=0``, calibrated 1) or margin rank correlation (2) of one summary row against its
+    clean group (NaN for the clean group itself or without one)."""
     model, task, group = key
     reference = tables.get((model, task, clean_group))
     if group == clean_group or reference is None or tables[key][which] is None or reference[which] is None:
         return NAN
-    return flip_rate(tables[key][which], reference[which])
+    if which < 2:
+        return flip_rate(tables[key][which], reference[which])
+    mine, theirs = tables[key][1], reference[1]  # the calibrated tables: same instructions and instances?
+    if not (mine.index.equals(theirs.index) and mine.columns.equals(theirs.columns)):
+        return NAN
+    return margin_rank(tables[key][2], reference[2])

@@ -471,6 +471,71 @@ def plot_dose_response(data: pd.DataFrame,
     return fig
 
 
+STUDY_PALETTE = ["#dd8452", "#55a868", "#4c72b0", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
+
+
+def _arm_colors(arms: list[str]) -> dict[str, str]:
+    """One colour per arm in order of appearance (CIT and COIN as everywhere else)."""
+    fixed = {a: ROLE_COLORS[a] for a in arms if a in ROLE_COLORS}
+    rest = [c for c in STUDY_PALETTE if c not in fixed.values()]
+    return fixed | {a: rest[k % len(rest)] for k, a in enumerate(a for a in arms if a not in fixed)}
+
+
+def plot_metric_curves(points: pd.DataFrame, labels: dict[str, str] | None = None,
+                       metrics: tuple[str, ...] = ("auc", "cal_acc", "flip_rate_cal", "margin_rank")) -> plt.Figure:
+    """Metrics against the training step for one input format: each seed's run as a thin line from the base model
+    (step 0) through its part-way evaluations, the mean over seeds per arm and step as a thick line
+    (``points``: rows of :func:`coinlib.study.curves.curve_points`)."""
+    use_style()
+    labels = labels or {}
+    base = points[points["arm"] == "base"]
+    trained = points[points["arm"] != "base"]
+    colors = _arm_colors(list(dict.fromkeys(trained["arm"])))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.3))
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for arm, color in colors.items():
+            runs = trained[trained["arm"] == arm]
+            for _, run in runs.groupby("seed"):
+                line = pd.concat([base, run]).sort_values("step")
+                ax.plot(line["step"], 100 * line[metric], "-", color=color, lw=0.8, alpha=0.5)
+            mean = pd.concat([base, runs]).groupby("step")[metric].mean()
+            ax.plot(mean.index, 100 * mean.to_numpy(), "o-", color=color, lw=2, ms=4, label=labels.get(arm, arm))
+        ax.set_xlabel("optimizer step (0 = base model)")
+        ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
+    np.atleast_1d(axes)[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("metrics along training (thin: one seed; thick: mean over seeds); flip rate and rank correlation "
+                 "over the perturbed groups")
+    fig.tight_layout()
+    return fig
+
+
+def plot_skill_matched(points: pd.DataFrame, reference: str, labels: dict[str, str] | None = None,
+                       metrics: tuple[str, ...] = ("flip_rate_cal", "margin_rank")) -> plt.Figure:
+    """Instruction sensitivity against skill (AUC): every run as a line through its evaluations in step order, the
+    base model as a black star; at equal AUC, a point below the reference's line (flip rate) or above it (rank
+    correlation) is less sensitive to the instruction's wording than the reference was at that skill."""
+    use_style()
+    labels = labels or {}
+    base = points[points["arm"] == "base"]
+    trained = points[points["arm"] != "base"]
+    arms = list(dict.fromkeys([reference, *trained["arm"]]))
+    colors = _arm_colors(arms)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for arm in arms:
+            for k, (_, run) in enumerate(trained[trained["arm"] == arm].groupby("seed")):
+                line = pd.concat([base, run]).sort_values("step")
+                ax.plot(100 * line["auc"], 100 * line[metric], "o-", color=colors[arm], ms=3,
+                        lw=2 if arm == reference else 1, label=labels.get(arm, arm) if k == 0 else None)
+        ax.plot(100 * base["auc"], 100 * base[metric], "*", color="black", ms=11, label="base model")
+        ax.set_xlabel("ROC AUC of the margin (skill)")
+        ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
+    np.atleast_1d(axes)[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(f"sensitivity at equal skill: each run from the base model through its steps ({labels.get(reference, reference)} thick)")
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def _evaluation_table(path: str | Path, file: str, kind: str, required: set[str]) -> pd.DataFrame:
     """An evaluator's output table (``.parquet`` or CSV); errors name the file and the fix."""

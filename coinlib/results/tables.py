@@ -216,7 +216,7 @@ STUDY_METRICS = {
     "cal_acc": "calibrated accuracy", "auc": "ROC AUC of the margin",
     "std_cal_acc": "std over instructions (cal. acc.)",
     "flip_rate_cal": "flip rate (calibrated)", "acc": "accuracy", "std": "std over instructions (accuracy)",
-    "flip_rate": "flip rate",
+    "flip_rate": "flip rate", "margin_rank": "margin rank correlation with clean",
 }
 
 

@@ -12,6 +12,7 @@ from coinlib.core.fileio import atomic_write_text
 from coinlib.evaluate.compare import across_seeds, long_format, paired_bootstrap
 from coinlib.evaluate.metrics import summarize
 from coinlib.results.report import group_table, paired_markdown_table, paired_table, task_table
+from coinlib.study import curves
 from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, reference_of
 from coinlib.study.store import _read_meta, runs_dir
 
@@ -149,4 +150,40 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
             fig = plots.plot_dose_response(dose[dose.format == fmt])
             plots.save_figure(fig, dose[dose.format == fmt], out, f"lambda_dose_{fmt}")
             plots.plt.close(fig)
+    for fmt in spec.formats:
+        write_curves(spec, fmt, labels)
     return {"runs": runs, "per_seed": per_seed, "across": across, "dose": dose}
+
+
+def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The metric-vs-step figure (when a run has part-way evaluations) and the comparison at equal skill
+    (:mod:`coinlib.study.curves`) of format ``fmt``: ``curves_<fmt>``, ``skill_matched_<fmt>`` (figure with
+    its CSV, a Markdown summary) in ``spec.committed_dir``."""
+    from coinlib.results import plots, tables
+
+    points = curves.curve_points(spec, fmt)
+    trained = points[points["arm"] != BASE_KEY]
+    if trained.empty:
+        return {}
+    out = spec.committed_dir
+    if trained.groupby(["arm", "seed"]).size().max() >= 2:
+        fig = plots.plot_metric_curves(points, labels)
+        plots.save_figure(fig, points, out, f"curves_{fmt}")
+        plots.plt.close(fig)
+    matched = curves.skill_matched(points, spec.reference)
+    summary = curves.matched_summary(matched)
+    if summary.empty:
+        return {"points": points, "matched": matched}
+    fig = plots.plot_skill_matched(points, spec.reference, labels)
+    plots.save_figure(fig, matched, out, f"skill_matched_{fmt}")
+    plots.plt.close(fig)
+    shown = summary.assign(arm=summary["arm"].map(lambda a: labels.get(a, a)),
+                           metric=summary["metric"].map(lambda m: tables.STUDY_METRICS.get(m, m)),
+                           mean_diff=(100 * summary["mean_diff"]).round(1))
+    atomic_write_text(out / f"skill_matched_{fmt}.md",
+                      f"# At equal skill, {fmt} format: arm minus {labels.get(spec.reference, spec.reference)}\n\n"
+                      f"Each trained point of an arm beside the {spec.reference} curve of its seed read at the same "
+                      "AUC (linear between its evaluations, base model at step 0; points outside its AUC range are "
+                      "left out). mean_diff in points; above: points above the reference.\n\n"
+                      + tables.to_markdown(shown))
+    return {"points": points, "matched": matched, "summary": summary}

@@ -1,0 +1,97 @@
+"""Metric-vs-step curves and the comparison at equal skill (coinlib/study/curves.py) from committed predictions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coinlib.core.params import PARAMS_DIR
+from coinlib.study import curves, report
+from coinlib.study import spec as study_spec
+
+SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
+
+
+def _predictions(skill: float, noise: float, seed: int, n: int = 40) -> pd.DataFrame:
+    """Two groups x two instructions x ``n`` instances: margin = ``skill`` toward the gold label plus an instance
+    effect shared by every instruction, plus instruction-specific noise of SD ``noise``."""
+    rng = np.random.default_rng(seed)
+    gold = np.arange(n) % 2
+    shared = rng.normal(size=n)
+    rows = []
+    for group in ("clean", "checklist"):
+        for i in range(2):
+            margin = skill * (2 * gold - 1) + shared + noise * rng.normal(size=n)
+            for j in range(n):
+                pred = "pos" if margin[j] > 0 else "neg"
+                label = "pos" if gold[j] else "neg"
+                rows.append(dict(model="m", task="sst2", group=group, instruction_id=i, instance_id=str(j),
+                                 gold=label, prediction=pred, correct=pred == label,
+                                 label_scores=json.dumps({"neg": 0.0, "pos": float(margin[j])}),
+                                 label_tokens=json.dumps({"neg": 1, "pos": 1})))
+    return pd.DataFrame(rows)
+
+
+def test_point_metrics_read_skill_and_consistency_from_the_predictions():
+    weak, strong = curves.point_metrics(_predictions(0.2, 1.0, 0)), curves.point_metrics(_predictions(2.0, 1.0, 0))
+    assert weak["n_instances"] == strong["n_instances"] == 40
+    assert 0.5 <= weak["auc"] < strong["auc"] <= 1.0 and weak["cal_acc"] < strong["cal_acc"]
+    # the same instruction noise: a larger gap between the labels makes margins' order more stable
+    assert weak["margin_rank"] < strong["margin_rank"]
+    steady = curves.point_metrics(_predictions(0.2, 0.05, 0))
+    assert steady["margin_rank"] > 0.95 and steady["flip_rate_cal"] < weak["flip_rate_cal"]
+
+
+def _points(rows) -> pd.DataFrame:
+    return pd.DataFrame([dict(zip(["arm", "seed", "step", "auc", "flip_rate_cal", "margin_rank"], r)) for r in rows])
+
+
+def test_skill_matched_reads_the_reference_curve_of_the_same_seed_at_equal_auc():
+    points = _points([
+        ("base", None, 0, 0.60, 0.20, 0.80),
+        ("cit", 0, 40, 0.80, 0.12, 0.90), ("cit", 0, 80, 0.90, 0.10, 0.94),
+        ("cit", 1, 80, 0.70, 0.18, 0.85),                      # another seed: another curve
+        ("coin", 0, 80, 0.70, 0.19, 0.82),                     # halfway between base and CIT's step 40
+        ("coin", 0, 40, 0.95, 0.05, 0.99),                     # beyond CIT's best AUC: not matched
+        ("coin", 1, 80, 0.65, 0.20, 0.80),
+    ])
+    matched = curves.skill_matched(points, "cit").set_index(["arm", "seed", "step", "metric"])
+    flip = matched.loc[("coin", 0, 80, "flip_rate_cal")]
+    assert flip["matched"] and flip["at_reference"] == pytest.approx(0.16) and flip["diff"] == pytest.approx(0.03)
+    assert matched.loc[("coin", 0, 80, "margin_rank"), "diff"] == pytest.approx(0.82 - 0.85)
+    far = matched.loc[("coin", 0, 40, "flip_rate_cal")]
+    assert not far["matched"] and math.isnan(far["diff"])  # no extrapolation
+    # seed 1's curve is base -> (0.70, 0.18): at AUC 0.65 the reference flips 0.19
+    assert matched.loc[("coin", 1, 80, "flip_rate_cal"), "at_reference"] == pytest.approx(0.19)
+    summary = curves.matched_summary(curves.skill_matched(points, "cit")).set_index(["arm", "metric"])
+    flip = summary.loc[("coin", "flip_rate_cal")]
+    assert (flip["points"], flip["seeds"], flip["above"]) == (2, 2, 2)
+    assert flip["mean_diff"] == pytest.approx((0.03 + 0.01) / 2)
+
+
+def test_curves_and_skill_match_are_drawn_from_committed_stages(tmp_path):
+    spec = study_spec.load_spec(SPEC).model_copy(update={"committed_root": str(tmp_path)})
+    runs = spec.committed_dir / "runs"
+    stages = {("base", "eval-train"): (0.1, 1), ("cit-s0", "step20-train"): (0.6, 2), ("cit-s0", "step40-train"): (1.0, 3),
+              ("cit-s0", "eval-train"): (2.0, 4), ("coin-s0", "eval-train"): (0.8, 5),
+              ("cit-cont-s0", "eval-train"): (3.0, 6)}  # continues CIT's adapter: no curve of its own
+    for (key, stage), (skill, seed) in stages.items():
+        (runs / key / stage).mkdir(parents=True)
+        _predictions(skill, 1.0, seed).to_parquet(runs / key / stage / "predictions.parquet")
+    points = curves.curve_points(spec, "train")
+    assert [tuple(r) for r in points[["arm", "step", "stage"]].itertuples(index=False)] == [
+        ("base", 0, "eval-train"), ("cit", 20, "step20-train"), ("cit", 40, "step40-train"), ("cit", 80, "eval-train"),
+        ("coin", 80, "eval-train")]
+    assert curves.curve_points(spec, "paper").empty
+    labels = {a: s.label for a, s in spec.arms.items()}
+    out = report.write_curves(spec, "train", labels)
+    assert list(out["summary"]["arm"]) == ["coin", "coin"] and out["summary"]["points"].tolist() == [1, 1]
+    for name in ("curves_train.png", "curves_train.csv", "skill_matched_train.png", "skill_matched_train.csv",
+                 "skill_matched_train.md"):
+        assert (spec.committed_dir / name).is_file(), name
+    drawn = pd.read_csv(spec.committed_dir / "curves_train.csv")
+    assert len(drawn) == 5 and set(drawn["arm"]) == {"base", "cit", "coin"}
