@@ -148,6 +148,22 @@ def test_bad_spec_names_the_key_and_the_fix(tmp_path, spec, fragments):
         assert fragment in str(err.value)
 
 
+def test_a_key_given_twice_in_the_spec_its_recipe_or_a_set_value_is_refused(tmp_path):
+    """The last one would win silently (an arm defined twice, a recipe setting given twice)."""
+    path = _write_spec(tmp_path, _recipe(tmp_path))
+    path.write_text(path.read_text(encoding="utf-8") + "seeds: [0]\n", encoding="utf-8")
+    with pytest.raises(study_spec.StudyError, match=rf"{path}: line \d+, column 1: key 'seeds' is given twice .*"
+                                                    "Fix: remove one of them"):
+        study_spec.load_spec(path)
+    path = _write_spec(tmp_path, _recipe(tmp_path))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe.read_text(encoding="utf-8") + "run: {name: again}\n", encoding="utf-8")
+    with pytest.raises(study_spec.StudyError, match=rf"{recipe}: line \d+, column 1: key 'run' is given twice"):
+        study_spec.load_spec(path)
+    with pytest.raises(study_spec.StudyError, match="key 'r' is given twice"):
+        study_spec.load_spec(_write_spec(tmp_path, _recipe(tmp_path)), ["model.lora={r: 4, r: 8}"])
+
+
 # ------------------------------------------------------------------------------------------------ gate
 def _summary(cal_acc: float) -> pd.DataFrame:
     return pd.DataFrame({"model": "m", "task": "sst2", "group": ["clean", "checklist"], "cal_acc": [cal_acc, 0.99],
