@@ -307,8 +307,9 @@ class Params(_Section):
 
     @property
     def data_dir(self) -> Path:
-        """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs); the
-        digest of the files read and the data format version are checked on load (``coinlib.data.pairs``)."""
+        """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs; any mirror
+        folder is one source); the digest of the files read and the data format version are checked on load
+        (``coinlib.data.pairs``), so a mirror with other files rebuilds it."""
         parts = [self.data.model_dump(), self.run.seed, source_key(self.run.mirror)]
         if self.evaluate.sample != "shared":  # the holdout follows the evaluation sample (keys unchanged for shared)
             parts.append({"eval_holdout_sample": self.evaluate.sample})
