@@ -147,7 +147,7 @@ def test_built_data_is_keyed_on_source_digest_and_format_version(tmp_path, mirro
     P = _data_params(tmp_path / "runs", m)
     first = pairs.load_or_build(P, progress=False).to_list()
     report = json.loads((P.data_dir / "build_report.json").read_text())
-    assert report["source"] == f"mirror:{m.resolve()}" and report["format_version"] == pairs.DATA_FORMAT_VERSION
+    assert report["source"] == "mirror" and report["format_version"] == pairs.DATA_FORMAT_VERSION
     assert len(report["source_digest"]) == 16
 
     # the same mirror file with other rows (a re-copied or corrupted mirror): rebuilt, never reused
@@ -162,14 +162,35 @@ def test_built_data_is_keyed_on_source_digest_and_format_version(tmp_path, mirro
     assert rebuilt == fresh
     assert json.loads((P.data_dir / "build_report.json").read_text())["source_digest"] != report["source_digest"]
 
-    # another mirror root: another folder (both builds kept)
-    other = _data_params(tmp_path / "runs", fresh_m)
-    assert other.data_dir != P.data_dir
-
     # a new data format version: rebuilt
     monkeypatch.setattr(pairs, "DATA_FORMAT_VERSION", pairs.DATA_FORMAT_VERSION + 1)
     pairs.load_or_build(P, progress=False)
     assert json.loads((P.data_dir / "build_report.json").read_text())["format_version"] == pairs.DATA_FORMAT_VERSION
+
+
+def test_built_data_follows_the_mirror_files_not_the_mirror_folder(tmp_path, mirror, monkeypatch, caplog):
+    """The same files in another folder reuse the built data; a mirror whose files differ rebuilds it."""
+    m = copy_mirror(mirror, tmp_path / "mirror")
+    P = _data_params(tmp_path / "runs", m)
+    first = pairs.load_or_build(P, progress=False).to_list()
+    report = (P.data_dir / "build_report.json").read_text()
+
+    (tmp_path / "elsewhere").mkdir()
+    moved = _data_params(tmp_path / "runs", shutil.move(m, tmp_path / "elsewhere" / "mirror"))
+    assert moved.data_dir == P.data_dir
+    build = pairs.build
+    monkeypatch.setattr(pairs, "build", lambda *a, **k: pytest.fail("rebuilt from a moved mirror"))
+    with caplog.at_level(logging.WARNING, logger="coinlib.data.pairs"):
+        assert pairs.load_or_build(moved, progress=False).to_list() == first
+    assert not caplog.records and (P.data_dir / "build_report.json").read_text() == report
+
+    changed = copy_mirror(tmp_path / "elsewhere" / "mirror", tmp_path / "changed")
+    rows = [json.loads(line) for line in (changed / COLA).read_text().splitlines()]
+    (changed / COLA).write_text("".join(json.dumps({**r, "sentence": r["sentence"].upper()}) + "\n" for r in rows))
+    monkeypatch.setattr(pairs, "build", build)
+    with caplog.at_level(logging.WARNING, logger="coinlib.data.pairs"):
+        again = pairs.load_or_build(_data_params(tmp_path / "runs", changed), progress=False).to_list()
+    assert "rebuilding" in caplog.text and "source_digest" in caplog.text and again != first
 
 
 @pytest.mark.parametrize("name", ["entries.jsonl", "dataset/data-00000-of-00001.arrow"])
@@ -276,7 +297,7 @@ def test_values_that_would_silently_change_the_experiment_are_refused(tmp_path, 
     pytest.param("train: {report_to: [tensorbord]}\n", ["train.report_to.0: Input should be 'tensorboard'"],
                  id="report-to"),
     pytest.param("run: {name: x}\ntrain:\n  lambda: 10\n  max_steps: 3\n  lambda: 100\n",
-                 ["line 5, column 3: key 'lambda' is given twice in one mapping (first on line 3). Fix: keep one"],
+                 ["line 5, column 3: key 'lambda' is given twice in one mapping (first on line 3). Fix: remove one"],
                  id="duplicate-key"),
     pytest.param("run: {name: x}\nrun: {name: y}\n", ["line 2, column 1: key 'run' is given twice"],
                  id="duplicate-section"),

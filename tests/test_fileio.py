@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from coinlib.core.fileio import atomic_folder, atomic_write_text
+from coinlib.core.fileio import DuplicateKeyError, atomic_folder, atomic_write_text, load_yaml
 
 
 def _leftovers(parent):
@@ -62,3 +63,27 @@ def test_atomic_folder_accepts_a_folder_another_process_finished(tmp_path, monke
                         accept_existing=lambda p: (p / "theirs.txt").is_file())
     assert got == target and sorted(p.name for p in target.iterdir()) == ["theirs.txt"]
     assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------- YAML input
+@pytest.mark.parametrize("text, key, line, first", [
+    ("a: 1\nb: 2\na: 3\n", "a", 3, 1),
+    ("top:\n  x: [1]\n  y: {}\n  x: [2]\n", "x", 4, 2),
+    ("- {k: 1, k: 2}\n", "k", 1, 1),
+    ("1: a\n1: b\n", 1, 2, 1),
+])
+def test_load_yaml_refuses_a_key_given_twice(text, key, line, first):
+    with pytest.raises(DuplicateKeyError) as err:
+        load_yaml(text, "some/file.yaml")
+    assert str(err.value).startswith(f"some/file.yaml: line {line}, column ")
+    assert f"key {key!r} is given twice in one mapping (first on line {first}). Fix: remove one of them." in str(
+        err.value)
+
+
+def test_load_yaml_is_safe_load_otherwise():
+    text = "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\nlist: [1, 2]\nnone:\n"
+    assert load_yaml(text, "f") == yaml.safe_load(text) == {"base": {"x": 1, "y": 2}, "other": {"x": 3, "y": 2},
+                                                            "list": [1, 2], "none": None}
+    assert load_yaml("", "f") is None
+    with pytest.raises(yaml.constructor.ConstructorError):  # still safe: no Python objects
+        load_yaml("!!python/object/apply:os.getcwd []", "f")

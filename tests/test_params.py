@@ -13,6 +13,7 @@ from coinlib.core.params import (
     deep_merge,
     load_params,
     notebook_params,
+    parse_sets,
     read_yaml,
 )
 
@@ -23,11 +24,41 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_every_shipped_params_file_validates():
-    files = sorted(PARAMS_DIR.glob("*.yaml"))
-    assert files, "params/ holds no YAML files"
-    for f in files:
-        assert isinstance(load_params(f), Params), f
+@pytest.mark.parametrize("path", sorted(PARAMS_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_params_file_validates(path):
+    assert isinstance(load_params(path), Params)  # without a key given twice: read_yaml refuses those
+
+
+@pytest.mark.parametrize("path", sorted((PARAMS_DIR / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_spec_loads(path):
+    from coinlib.study.spec import load_spec
+
+    assert load_spec(path).arms
+
+
+def test_shipped_files_exist():
+    assert list(PARAMS_DIR.glob("*.yaml")) and list((PARAMS_DIR / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("text, line, first", [
+    ("run: {name: x}\ntrain:\n  lambda: 10\n  lambda: 100\n", 4, 3),
+    ("run: {name: x}\nmodel:\n  lora: {r: 4, alpha: 8, r: 8}\n", 3, 3),
+])
+def test_a_key_given_twice_is_refused_naming_file_key_line_and_fix(tmp_path, text, line, first):
+    path = write(tmp_path, "dup.yaml", text)
+    key = "lambda" if "lambda" in text else "r"
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: line {line}, ")
+    assert f"key {key!r} is given twice in one mapping (first on line {first})" in str(err.value)
+    assert "Fix: remove one of them." in str(err.value)
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused():
+    with pytest.raises(ParamsError, match=r"--set 'analysis.lambda_runs=\{1: a, 1: b\}': line 1, column 8: key 1 "
+                                          r"is given twice .* Fix: remove one of them"):
+        parse_sets(["analysis.lambda_runs={1: a, 1: b}"])
+    assert parse_sets(["train.lambda=1", "train.lambda=2"]) == {"train": {"lambda": 2}}  # later --set still wins
 
 
 def test_default_base_is_smoke_and_sections_merge_deeply(tmp_path):

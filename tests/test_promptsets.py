@@ -72,6 +72,14 @@ def test_unreadable_inputs(tmp_path):
         load_prompt_set(tmp_path / "p.yaml")
 
 
+def test_a_group_or_task_given_twice_in_a_user_file_is_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text('clean:\n  sst2: ["A "]\n  rte: ["B "]\n  sst2: ["C "]\n', encoding="utf-8")
+    with pytest.raises(PromptSetError, match=r"p\.yaml: line 4, column 3: key 'sst2' is given twice in one mapping "
+                                             r"\(first on line 2\)\. Fix: remove one of them"):
+        load_prompt_set(path)
+
+
 def test_select_names_missing_groups_and_tasks():
     ps = {"clean": {"sst2": ["A "]}}
     with pytest.raises(PromptSetError, match=r"no group\(s\) \['semantic'\]"):

@@ -148,6 +148,22 @@ def test_bad_spec_names_the_key_and_the_fix(tmp_path, spec, fragments):
         assert fragment in str(err.value)
 
 
+def test_a_key_given_twice_in_the_spec_its_recipe_or_a_set_value_is_refused(tmp_path):
+    """The last one would win silently (an arm defined twice, a recipe setting given twice)."""
+    path = _write_spec(tmp_path, _recipe(tmp_path))
+    path.write_text(path.read_text(encoding="utf-8") + "seeds: [0]\n", encoding="utf-8")
+    with pytest.raises(study_spec.StudyError, match=rf"{path}: line \d+, column 1: key 'seeds' is given twice .*"
+                                                    "Fix: remove one of them"):
+        study_spec.load_spec(path)
+    path = _write_spec(tmp_path, _recipe(tmp_path))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe.read_text(encoding="utf-8") + "run: {name: again}\n", encoding="utf-8")
+    with pytest.raises(study_spec.StudyError, match=rf"{recipe}: line \d+, column 1: key 'run' is given twice"):
+        study_spec.load_spec(path)
+    with pytest.raises(study_spec.StudyError, match="key 'r' is given twice"):
+        study_spec.load_spec(_write_spec(tmp_path, _recipe(tmp_path)), ["model.lora={r: 4, r: 8}"])
+
+
 # ------------------------------------------------------------------------------------------------ gate
 def _summary(cal_acc: float) -> pd.DataFrame:
     return pd.DataFrame({"model": "m", "task": "sst2", "group": ["clean", "checklist"], "cal_acc": [cal_acc, 0.99],
@@ -303,6 +319,69 @@ def test_only_pilot_runs_the_pilot_in_every_format(tmp_path, monkeypatch):
     spec = _fake_study(tmp_path, monkeypatch, fakes)
     assert driver.run_study(spec, only="pilot", log=lambda _: None) == 0
     assert fakes.trained == ["st-cit-s0"] and fakes.evaluated == ["st-cit-s0-eval-train", "st-cit-s0-eval-paper"]
+
+
+def _stops_recorded(monkeypatch, fakes: Fakes) -> dict[str, tuple[list[int], list[int]]]:
+    """Fake training that records each run's part-way stops (steps it pauses at, steps it only snapshots at) and
+    takes the snapshots asked for without a pause, as ``PauseAt(pause=False)`` does."""
+    from coinlib.study.checkpoints import ADAPTER_FILES, PauseAt, snapshot_dir
+
+    stops: dict[str, tuple[list[int], list[int]]] = {}
+
+    def train(P, callbacks=None):
+        pauses = [cb for cb in callbacks or [] if isinstance(cb, PauseAt)]
+        stops[P.run.name] = tuple(sorted(s for cb in pauses if cb.pause == pause for s in cb.steps)
+                                  for pause in (True, False))
+        for step in stops[P.run.name][1]:
+            snapshot_dir(P, step).mkdir(parents=True, exist_ok=True)
+            for name in ADAPTER_FILES:
+                (snapshot_dir(P, step) / name).write_text(name)
+        return fakes.train(P)
+
+    monkeypatch.setattr(driver, "train", train)
+    return stops
+
+
+def test_a_subset_without_the_pilot_runs_only_what_the_gate_needs_of_it(tmp_path, monkeypatch, capsys):
+    """``--arms coin --seeds 1``: the pilot trains and is evaluated in the gate's format, nothing more (its variants
+    and part-way evaluations wait until it is selected, then run without training it again); ``--plan`` agrees."""
+    from coinlib.study import checkpoints
+
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, checkpoints={"at": [0.5]},
+                       eval_variants={"all": {"evaluate": {"n_per_task": 50}}})
+    stops = _stops_recorded(monkeypatch, fakes)
+    assert cli.main([spec.source, "--arms", "coin", "--seeds", "1", "--no-base", "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "cit-s0 (gate)    to do: train, eval-train",
+        "coin-s1          to do: train, eval-train, eval-paper, eval-train-all, eval-paper-all, step40-train"]
+    assert driver.run_study(spec, arms=["coin"], seeds=[1], base_model=False, log=lambda _: None) == 0
+    assert fakes.trained == ["st-cit-s0", "st-coin-s1"]
+    assert stops == {"st-cit-s0": ([], [40]), "st-coin-s1": ([40], [])}  # the pilot snapshots without pausing
+    assert [e for e in fakes.evaluated if "cit-s0" in e] == ["st-cit-s0-eval-train"]
+    assert checkpoints.snapshot_ready(study_spec.pilot_plan(spec).train, 40)
+
+    # the gate's stages committed: another subset without the pilot runs none of the pilot's stages
+    fakes.trained.clear(), fakes.evaluated.clear()
+    assert cli.main([spec.source, "--arms", "coin", "--seeds", "0", "--no-base", "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("coin-s0 ")  # no gate line: nothing left for it
+    assert driver.run_study(spec, arms=["coin"], seeds=[0], base_model=False, log=lambda _: None) == 0
+    assert fakes.trained == ["st-coin-s0"] and not [e for e in fakes.evaluated if "cit-s0" in e]
+
+    # the pilot selected: its other stages run in its place, from the adapter and snapshot already there
+    fakes.trained.clear(), fakes.evaluated.clear()
+    assert driver.run_study(spec, arms=["cit"], seeds=[0], base_model=False, log=lambda _: None) == 0
+    assert fakes.trained == [] and fakes.evaluated == [
+        "st-cit-s0-eval-paper", "st-cit-s0-eval-train-all", "st-cit-s0-eval-paper-all", "st-cit-s0-eval-train-step40"]
+
+
+def test_a_selected_pilot_pauses_at_its_part_way_stops_while_trained_for_the_gate(tmp_path, monkeypatch):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0], checkpoints={"at": [0.5]})
+    stops = _stops_recorded(monkeypatch, fakes)
+    assert driver.run_study(spec, base_model=False, log=lambda _: None) == 0
+    assert stops == {"st-cit-s0": ([40], []), "st-coin-s0": ([40], [])}
+    assert fakes.evaluated[0] == "st-cit-s0-eval-train" and len(fakes.evaluated) == 2 * 3
 
 
 def test_training_randomness_follows_the_run_seed(tmp_path, monkeypatch):

@@ -39,7 +39,14 @@ def test_part_way_evaluations_pause_training_and_leave_the_adapter_unchanged(tmp
     assert driver.Driver(paused).pending(plan) == ["train", "eval-train", "step1-paper", "step2-paper", "step3-paper"]
     logged: list[str] = []
     assert driver.run_study(paused, arms=["coin"], log=logged.append) == 0
-    assert sum("coin-s0: paused after step" in line for line in logged) == 3  # (the pilot cit-s0 pauses too)
+    assert sum("coin-s0: paused after step" in line for line in logged) == 3
+    # the pilot cit-s0, not selected, trains for the gate without pausing: its snapshots wait, unevaluated
+    pilot = study_spec.pilot_plan(paused)
+    assert not any("cit-s0: paused" in line for line in logged)
+    assert all(checkpoints.snapshot_ready(pilot.train, s) for s in (1, 2, 3))
+    assert sorted(p.name for p in (tmp_path / "committed" / "st" / "runs" / "cit-s0").iterdir()) == [
+        "eval-train", "train"]
+    assert driver.Driver(paused).pending(pilot) == ["step1-paper", "step2-paper", "step3-paper"]  # no training
     runs = tmp_path / "committed" / "st" / "runs" / "coin-s0"
     assert sorted(p.name for p in runs.iterdir()) == ["eval-train", "step1-paper", "step2-paper", "step3-paper",
                                                       "train"]

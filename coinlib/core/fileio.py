@@ -1,4 +1,7 @@
-"""Atomic file and folder writes: outputs appear whole or not at all, so an interrupted run never leaves a torn one."""
+"""Atomic file and folder writes: outputs appear whole or not at all, so an interrupted run never leaves a torn one.
+
+Also :func:`load_yaml`, the safe YAML loading of every user-edited file (a key given twice is an error).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,9 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -70,3 +75,50 @@ def atomic_folder(path: str | os.PathLike, fill: Callable[[Path], object],
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+# ------------------------------------------------------------------------------------------- YAML input
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a YAML file gives one key twice; the message names the file, the key, both lines and the fix."""
+
+    def __init__(self, where: str, key: Any, first_line: int, mark: yaml.Mark) -> None:
+        super().__init__(None, None, f"key {key!r} is given twice in one mapping (first on line {first_line})", mark)
+        self.where = where
+
+    def __str__(self) -> str:
+        mark = self.problem_mark
+        return (f"{self.where}: line {mark.line + 1}, column {mark.column + 1}: {self.problem}. "
+                "Fix: remove one of them.")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    where = "<yaml>"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue  # `<<: *anchor` keys may be overridden: SafeLoader merges them
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                continue  # unhashable keys: SafeLoader's own error
+            if key in first:
+                raise DuplicateKeyError(self.where, key, first[key], key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, but a key given twice in one mapping raises :class:`DuplicateKeyError` naming
+    ``where`` (the file), the key and its lines. Other errors are PyYAML's own (:class:`yaml.YAMLError`)."""
+    loader = _UniqueKeyLoader(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coinlib.core.fileio import DuplicateKeyError, load_yaml
 from coinlib.core.formats import InputFormat
 from coinlib.core.groups import EVAL_GROUPS, LEVELS
 from coinlib.core.paths import FIGURES_DIR, PARAMS_DIR, REPO_ROOT, RUNS_DIR
@@ -306,8 +307,9 @@ class Params(_Section):
 
     @property
     def data_dir(self) -> Path:
-        """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs); the
-        digest of the files read and the data format version are checked on load (``coinlib.data.pairs``)."""
+        """Built data is shared by runs with the same data section, seed and source (CIT and COIN runs; any mirror
+        folder is one source); the digest of the files read and the data format version are checked on load
+        (``coinlib.data.pairs``), so a mirror with other files rebuilds it."""
         parts = [self.data.model_dump(), self.run.seed, source_key(self.run.mirror)]
         if self.evaluate.sample != "shared":  # the holdout follows the evaluation sample (keys unchanged for shared)
             parts.append({"eval_holdout_sample": self.evaluate.sample})
@@ -351,39 +353,19 @@ def _repo_path(p: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- loading
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A mapping of a YAML file gives one key twice."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # unhashable keys: SafeLoader's own error
-            if key in first:
-                raise DuplicateKeyError(None, None, f"key {key!r} is given twice in one mapping (first on line "
-                                        f"{first[key]}). Fix: keep one of them", key_node.start_mark)
-            first[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a parameter file; syntax errors and duplicate keys name the file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found. Fix: pass an existing file (see {PARAMS_DIR})")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except DuplicateKeyError as exc:
+        raise ParamsError(str(exc)) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        if isinstance(exc, DuplicateKeyError):
-            raise ParamsError(f"{path}:{where}: {problem}.") from exc
         raise ParamsError(f"{path}:{where}: YAML syntax error: {problem}. Fix the file's syntax.") from exc
     if data is None or data == {}:
         raise ParamsError(
@@ -472,7 +454,9 @@ def parse_sets(sets: Iterable[str]) -> dict[str, Any]:
         if not sep or not all(parts):
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted key. Fix: e.g. --set train.lambda=10")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text, f"--set {item!r}")
+        except DuplicateKeyError as exc:
+            raise ParamsError(str(exc)) from None
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             raise ParamsError(f"--set {item!r}: the value of {key} is not valid YAML ({problem}). Fix: write it as "

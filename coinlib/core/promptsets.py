@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from coinlib.core.fileio import DuplicateKeyError, load_yaml
 from coinlib.core.sources import load_json_artifact
 from coinlib.core.tasks import prompt_aliases
 
@@ -94,9 +95,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         elif path.suffix.lower() in {".yaml", ".yml"}:
-            data = yaml.safe_load(text)
+            data = load_yaml(text, str(path))
         else:
             raise PromptSetError(f"{path}: unsupported prompt-set file type {path.suffix!r}; use .json, .yaml or .yml")
+    except DuplicateKeyError as exc:  # a group or task given twice: the last list would win silently
+        raise PromptSetError(str(exc)) from exc
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise PromptSetError(f"{path}: cannot parse the prompt-set file ({exc}). Fix its syntax.") from exc
     if not isinstance(data, dict):

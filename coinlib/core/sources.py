@@ -179,13 +179,14 @@ def resolve_mirror(mirror: str | os.PathLike | None = "auto") -> Path | None:
 
 
 def source_key(mirror: str | os.PathLike | None = "auto") -> str:
-    """Where data is read from: ``mirror:<resolved root>``, or ``hub:<digest of every pinned revision>``."""
+    """Where data is read from: ``mirror`` (any folder: a moved or copied mirror is the same source, its files are
+    compared by content where it matters), or ``hub:<digest of every pinned revision>``."""
     try:
         root = resolve_mirror(mirror)
     except SourceUnavailable:
-        return f"mirror:{mirror}"
+        return "mirror"
     if root is not None:
-        return f"mirror:{root.resolve()}"
+        return "mirror"
     pins = {**{k: d.revision for k, d in DATASETS.items()}, **{k: a.origin.commit for k, a in JSON_ARTIFACTS.items()}}
     return "hub:" + hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:12]
 

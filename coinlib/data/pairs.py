@@ -446,8 +446,9 @@ def build(P: "Params", progress: bool = True) -> "datasets.Dataset":
         (tmp / "build_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
 
     out = P.data_dir
-    # Another process may finish the same build in between: its bytes are the same, so its folder will do.
-    atomic_folder(out, fill, accept_existing=lambda folder: (folder / "dataset").is_dir())
+    # Another process may finish the same build in between: from the same inputs its bytes are the same, so its
+    # folder will do (one built from another mirror, sharing the folder name, will not).
+    atomic_folder(out, fill, accept_existing=lambda folder: (folder / "dataset").is_dir() and _built_from(folder, key))
     return datasets.load_from_disk(str(out / "dataset"))
 
 
@@ -495,12 +496,17 @@ def source_files(P: "Params") -> list[Path]:
 
 
 def data_key(P: "Params") -> dict[str, Any]:
-    """What built data depends on beyond the parameters: source, digest of the files read, format version."""
+    """What built data depends on beyond the parameters: source, digest of the files read, format version.
+
+    The digest covers each file's name (inside the mirror for mirror files, so a moved mirror keeps its key) and
+    bytes: a mirror whose files differ gets another key, a copy of the same files the same one."""
     import hashlib
 
+    root = resolve_mirror(P.run.mirror)
     h = hashlib.sha256()
     for f in source_files(P):
-        h.update(str(f).encode() + b"\0")
+        name = f.relative_to(root).as_posix() if root is not None and f.is_relative_to(root) else str(f)
+        h.update(name.encode() + b"\0")
         update_digest(h, f)
     return {"source": source_key(P.run.mirror), "source_digest": h.hexdigest()[:16],
             "format_version": DATA_FORMAT_VERSION}
@@ -530,12 +536,25 @@ def _damaged(folder: Path, recorded: dict[str, dict[str, Any]]) -> str:
     return ""
 
 
+def _read_report(folder: Path) -> Optional[dict[str, Any]]:
+    """``folder/build_report.json`` (None when missing or unreadable)."""
+    try:
+        return json.loads((folder / "build_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _built_from(folder: Path, key: dict[str, Any]) -> bool:
+    """Whether the build report in ``folder`` records the inputs ``key`` (:func:`data_key`)."""
+    report = _read_report(folder)
+    return report is not None and all(report.get(k) == v for k, v in key.items())
+
+
 def _stale(P: "Params") -> str:
     """Why the data in ``P.data_dir`` cannot be reused ('' when it can): other inputs, or a built file that no longer
     matches the build report."""
-    try:
-        report = json.loads((P.data_dir / "build_report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    report = _read_report(P.data_dir)
+    if report is None:
         return "its build_report.json is missing or unreadable"
     now = data_key(P)
     changed = [f"{k} {report.get(k)!r} -> {v!r}" for k, v in now.items() if report.get(k) != v]

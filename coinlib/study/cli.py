@@ -21,7 +21,9 @@ same settings is done: a run is retrained only when one of its evaluations is mi
 driver with the differing keys (``--replace-stale`` redoes them).
 
 The pilot (``gate.arm`` at ``gate.seed``) runs first; if its ``gate.metric`` on ``gate.task``/``gate.group`` in
-``gate.format`` stays below ``gate.threshold``, the driver says so and stops (``--ignore-gate`` overrides).
+``gate.format`` stays below ``gate.threshold``, the driver says so and stops (``--ignore-gate`` overrides). Only its
+training and that evaluation run first: its other stages run in its place among the selected runs, so with
+``--arms``/``--seeds`` that leave it out they do not run at all (``--plan`` shows it as ``<run> (gate)``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 from typing import Iterable
 
 from coinlib.core.params import add_set_argument
-from coinlib.study.driver import Driver, run_study
+from coinlib.study.driver import Driver, run_study, study_plans
 from coinlib.study.report import write_report
 from coinlib.study.spec import BASE_KEY, FORMATS, StudyError, expand, load_spec
 from coinlib.study.store import _params_yaml, _rel, runs_dir, stage_times, warn_if_git_ignored
@@ -94,11 +96,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             warn_if_git_ignored(spec, print)
             driver = Driver(spec, args.replace_stale)
             typical, left = stage_times(spec), 0.0
-            for plan in expand(spec, arms, args.seeds, args.formats, base):
-                todo = driver.pending(plan)
+            pilot, plans = study_plans(spec, args.only, arms, args.seeds, args.formats, base, args.ignore_gate)
+            gate = driver.gate_pending(pilot, plans) if pilot is not None else []  # what a run does first
+            rows = [(f"{pilot.key} (gate)", pilot, gate)] if gate else []
+            for name, plan, todo in rows + [(p.key, p, driver.pending(p)) for p in plans]:
                 need = sum(stage_estimate(typical, plan, stage) for stage in todo)
                 left += need
-                print(f"{plan.key:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}"
+                print(f"{name:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}"
                       + (f" (about {need / 60:.0f} min)" if need else ""))
             if left:
                 print(f"time left: about {left / 3600:.1f} h (the median wall time of each committed stage kind, "

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Collection, Iterable, Iterator, Optional
 
 import pandas as pd
 import yaml
@@ -157,14 +157,17 @@ class Driver:
         self.bar: Optional[tqdm] = None
 
     # -- status
-    def pending(self, plan: RunPlan, formats: Optional[Iterable[str]] = None) -> list[str]:
-        """Stages of ``plan`` left to do (of ``formats`` only, when given): ``train`` (only when an evaluation left
-        needs the adapter, or the adapter is ready but its stage is not committed, or a part-way evaluation left
-        needs a snapshot not in ``runs/``), then ``eval-<format>``, then ``step<N>-<format>``.
-        Committed stages with other settings raise :class:`StudyError` unless ``replace_stale``."""
+    def pending(self, plan: RunPlan, formats: Optional[Iterable[str]] = None,
+                stages: Optional[Collection[str]] = None) -> list[str]:
+        """Stages of ``plan`` left to do (of ``formats`` only, when given; of the evaluation ``stages`` only, when
+        given): ``train`` (only when an evaluation left needs the adapter, or the adapter is ready but its stage is
+        not committed, or a part-way evaluation left needs a snapshot not in ``runs/``), then ``eval-<format>``,
+        then ``step<N>-<format>``. Committed stages with other settings raise :class:`StudyError` unless
+        ``replace_stale``."""
         todo, stale = [], []
         for key, Pe in plan.evals.items():
-            if formats is not None and Pe.evaluate.input_format not in formats:
+            if (formats is not None and Pe.evaluate.input_format not in formats
+                    or stages is not None and f"eval-{key}" not in stages):
                 continue
             if self._eval_state(plan, f"eval-{key}", Pe, stale) != "done":
                 todo.append(f"eval-{key}")
@@ -173,6 +176,8 @@ class Driver:
             if formats is not None and Pc.evaluate.input_format not in formats:
                 continue
             stage = plan.checkpoint_stage(step)
+            if stages is not None and stage not in stages:
+                continue
             if self._eval_state(plan, stage, Pc, stale) != "done":
                 todo.append(stage)
                 snapshots_needed |= not snapshot_ready(plan.train, step)
@@ -207,14 +212,18 @@ class Driver:
         return _sections(validate({**old, "base": None}), "train") == _sections(P, "train")
 
     # -- stages
-    def run_plan(self, plan: RunPlan, formats: Optional[Iterable[str]] = None, until: Optional[int] = None) -> bool:
-        """Every pending stage of ``plan`` (of ``formats`` only, when given), training first (its part-way
-        evaluations at their steps). ``until``: training pauses after that step (the training gate); returns False
-        when it paused there, True when every stage is done."""
-        if "train" in self.pending(plan, formats) and not self._train(plan, until):
-            return False
+    def run_plan(self, plan: RunPlan, formats: Optional[Iterable[str]] = None, until: Optional[int] = None,
+                 stages: Optional[Collection[str]] = None, part_way: Optional[bool] = None) -> bool:
+        """Every pending stage of ``plan`` (of ``formats`` only, and of the evaluation ``stages`` only, when given),
+        training first (its part-way evaluations at their steps when ``part_way``; default: unless ``stages`` leaves
+        them out). ``until``: training pauses after that step (the training gate); returns False when it paused
+        there, True when every stage is done."""
         steps = plan.checkpoint_stages()
-        for stage in self.pending(plan, formats):
+        if part_way is None:
+            part_way = stages is None or any(stage in stages for stage in steps)
+        if "train" in self.pending(plan, formats, stages) and not self._train(plan, until, part_way):
+            return False
+        for stage in self.pending(plan, formats, stages):
             if stage in steps:
                 self._evaluate_checkpoint(plan, steps[stage])
             elif stage.startswith("eval-"):
@@ -226,10 +235,12 @@ class Driver:
         return [step for step, Pc in plan.checkpoints.items() if not snapshot_ready(plan.train, step)
                 and self._eval_state(plan, plan.checkpoint_stage(step), Pc) != "done"]
 
-    def _train(self, plan: RunPlan, until: Optional[int] = None) -> bool:
+    def _train(self, plan: RunPlan, until: Optional[int] = None, part_way: bool = True) -> bool:
         """Train ``plan`` to its end (True) or to step ``until`` (False), pausing at each missing snapshot's step to
         evaluate it. A snapshot whose step the local checkpoints have passed needs training from the start: the old
-        run folder is kept beside it as ``<run>.replaced``."""
+        run folder is kept beside it as ``<run>.replaced``. ``part_way`` False (the pilot trained for the gate
+        alone): the missing snapshots ahead are taken without a pause, for their evaluations to run with the rest of
+        that run; one already passed does not make it train again."""
         P = plan.train
         continued = self.spec.arms[plan.arm].continues
         if continued is not None:  # its starting adapter first
@@ -248,16 +259,17 @@ class Driver:
             callbacks.append(ProgressKeeper(progress, digest, clock_file, P))
         missing = self._snapshots_missing(plan)
         done = newest_step(P) if not self._adapter_ready(P) else P.train.max_steps
-        if any(step < done for step in missing):
+        if part_way and any(step < done for step in missing):
             aside = P.run_dir.with_name(P.run_dir.name + ".replaced")
             shutil.rmtree(aside, ignore_errors=True)
             P.run_dir.rename(aside)
             self.log(f"[study] {plan.key}: training passed step(s) {[s for s in missing if s < done]} without a "
                      f"snapshot; training again from the start (the old run folder is now {_rel(aside)})")
-        elif missing and min(missing) == done:  # saved, then stopped before the snapshot was taken
+        elif done in missing:  # saved, then stopped before the snapshot was taken
             take_snapshot(P, P.run_dir / "checkpoints" / f"checkpoint-{done}")
-            missing = missing[1:]
-        stops = sorted({*missing, *([until] if until is not None else [])})
+            missing.remove(done)
+        stops = sorted({*(missing if part_way else []), *([until] if until is not None else [])})
+        snapshots_only = [] if part_way else [step for step in missing if step > done and step not in stops]
         clock = StageClock(clock_file, digest)  # made the local adapter
         finished = self._adapter_ready(P)
         while not finished:
@@ -267,12 +279,12 @@ class Driver:
             try:
                 with clock.attempt(fresh=not any((P.run_dir / "checkpoints").glob("checkpoint-*"))):
                     set_seed(P.run.seed)  # LoRA initialisation and dropout follow run.seed (resumption: the checkpoint's)
-                    train(P, callbacks=[*callbacks, PauseAt(P, remaining)])
+                    train(P, callbacks=[*callbacks, PauseAt(P, snapshots_only, pause=False), PauseAt(P, remaining)])
                 finished = True
             except TrainingPaused as paused:
                 self.log(f"[study] {plan.key}: paused after step {paused.step} "
                          f"(snapshot {_rel(snapshot_dir(P, paused.step))})")
-                if paused.step in plan.checkpoints:
+                if part_way and paused.step in plan.checkpoints:
                     self._evaluate_checkpoint(plan, paused.step)
         wall = clock.total()
         folder = stage_dir(self.spec, plan.key, "train")
@@ -333,6 +345,12 @@ class Driver:
         atomic_write_text(self.spec.committed_dir / "train_gate.txt", message + "\n")
         return GateDecision(passed, min(t.drop for t in trends), message)
 
+    def gate_pending(self, pilot: RunPlan, plans: list[RunPlan]) -> list[str]:
+        """What the gate adds to a run of ``plans``: the pilot's :func:`gate_stages` left to do (and its training
+        when they need it), less those the pilot's own plan among ``plans`` does anyway."""
+        own = {stage for p in plans if p.key == pilot.key for stage in self.pending(p)}
+        return [stage for stage in self.pending(pilot, stages=gate_stages(self.spec)) if stage not in own]
+
     def _command(self, plan: RunPlan, fmt: Optional[str] = None) -> str:
         src = self.spec.source or "SPEC"
         parts = ["python -m coinlib.study", _rel(src)]
@@ -358,21 +376,35 @@ class Driver:
         return gate_decision(pd.read_csv(folder / "summary.csv"), g, str(folder), fix)
 
 
+def gate_stages(spec: StudySpec) -> list[str]:
+    """The pilot's stages the gate reads: its evaluation in the gate's format (its training comes with it)."""
+    return [f"eval-{spec.gate.format}"]
+
+
+def study_plans(spec: StudySpec, only: Optional[str] = None, arms: Optional[list[str]] = None,
+                seeds: Optional[list[int]] = None, formats: Optional[list[str]] = None, base_model: bool | None = None,
+                ignore_gate: bool = False) -> tuple[Optional[RunPlan], list[RunPlan]]:
+    """What :func:`run_study` runs: the pilot, for its :func:`gate_stages` alone (None when the gate does not come
+    first), then the selected plans in full (the pilot's other stages only when it is among them)."""
+    pilot = pilot_plan(spec)
+    plans = [pilot] if only == "pilot" else expand(spec, arms, seeds, formats, base_model)
+    return (pilot if not ignore_gate or only == "pilot" else None), plans
+
+
 def run_study(spec: StudySpec, only: Optional[str] = None, arms: Optional[list[str]] = None,
               seeds: Optional[list[int]] = None, formats: Optional[list[str]] = None, base_model: bool | None = None,
               ignore_gate: bool = False, replace_stale: bool = False,
               log: Callable[[str], None] = tqdm.write) -> int:
-    """The pilot and the gate first (unless ``ignore_gate``), then every other planned stage not yet committed.
+    """The pilot's gate stages and the gate first (unless ``ignore_gate``), then every other planned stage not yet
+    committed (:func:`study_plans`).
 
     ``only="pilot"``: the pilot alone. Returns 0 when done, :data:`GATE_FAILED` when the gate stopped the study.
     """
     warn_if_git_ignored(spec, log)
     driver = Driver(spec, replace_stale, log)
-    pilot = pilot_plan(spec)
-    plans = [] if only == "pilot" else expand(spec, arms, seeds, formats, base_model)
-    gate_first = not ignore_gate or only == "pilot"
-    total = (len(driver.pending(pilot)) if gate_first else 0) + sum(
-        len(driver.pending(p)) for p in plans if not (gate_first and p.key == pilot.key))
+    pilot, plans = study_plans(spec, only, arms, seeds, formats, base_model, ignore_gate)
+    total = (len(driver.gate_pending(pilot, plans)) if pilot is not None else 0) + sum(
+        len(driver.pending(p)) for p in plans)
     with tqdm(total=total, desc=f"study {spec.name}", unit="stage", dynamic_ncols=True) as bar:
         driver.bar = bar
         if spec.train_gate.at is not None and not ignore_gate and only != "pilot":
@@ -380,14 +412,12 @@ def run_study(spec: StudySpec, only: Optional[str] = None, arms: Optional[list[s
             log(f"[study] {decision.message}")
             if not decision.passed:
                 return GATE_FAILED
-        if gate_first:
-            driver.run_plan(pilot, [spec.gate.format])
+        if pilot is not None:  # its other stages in their place: its training's stops only when it is selected
+            driver.run_plan(pilot, stages=gate_stages(spec), part_way=any(p.key == pilot.key for p in plans))
             decision = driver.gate()
             log(f"[study] {decision.message}")
             if not decision.passed and not ignore_gate:
                 return GATE_FAILED
-            if only == "pilot":
-                driver.run_plan(pilot)
         for plan in plans:
             driver.run_plan(plan)
     return 0

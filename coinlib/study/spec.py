@@ -220,7 +220,10 @@ def arm_params(spec: StudySpec, arm: str, seed: int) -> Params:
     path = spec.params_path
     a = spec.arms[arm]
     overrides = {s: v for s, v in (("model", a.model), ("data", a.data), ("train", a.train)) if v}
-    recipe = deep_merge(read_yaml(path), parse_sets(spec.sets))
+    try:  # the recipe's own errors (syntax, a key given twice) as StudyError too
+        recipe = deep_merge(read_yaml(path), parse_sets(spec.sets))
+    except ParamsError as exc:
+        raise StudyError(str(exc)) from None
     values = deep_merge(recipe, {**overrides, "run": {"name": f"{spec.name}-{arm}-s{seed}", "seed": seed}})
     if a.continues is not None:  # the continued run's adapter, as a path relative to the repository when it is
         base = arm_params(spec, a.continues, seed)
