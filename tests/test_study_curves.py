@@ -65,9 +65,11 @@ def test_skill_matched_reads_the_reference_curve_of_the_same_seed_at_equal_auc()
     assert matched.loc[("coin", 0, 80, "margin_rank"), "diff"] == pytest.approx(0.82 - 0.85)
     far = matched.loc[("coin", 0, 40, "flip_rate_cal")]
     assert not far["matched"] and math.isnan(far["diff"])  # no extrapolation
-    # seed 1's curve is base -> (0.70, 0.18): at AUC 0.65 the reference flips 0.19
-    assert matched.loc[("coin", 1, 80, "flip_rate_cal"), "at_reference"] == pytest.approx(0.19)
-    summary = curves.matched_summary(curves.skill_matched(points, "cit")).set_index(["arm", "metric"])
+    # seed 1's reference is base -> (0.70, 0.18) only: a straight line, not a curve, unless asked for
+    assert not matched.loc[("coin", 1, 80, "flip_rate_cal"), "matched"]
+    lines = curves.skill_matched(points, "cit", min_curve_points=2).set_index(["arm", "seed", "step", "metric"])
+    assert lines.loc[("coin", 1, 80, "flip_rate_cal"), "at_reference"] == pytest.approx(0.19)  # at AUC 0.65
+    summary = curves.matched_summary(curves.skill_matched(points, "cit", min_curve_points=2)).set_index(["arm", "metric"])
     flip = summary.loc[("coin", "flip_rate_cal")]
     assert (flip["points"], flip["seeds"], flip["above"]) == (2, 2, 2)
     assert flip["mean_diff"] == pytest.approx((0.03 + 0.01) / 2)

@@ -61,12 +61,15 @@ def reference_curve(points: pd.DataFrame, reference: str, seed: int) -> pd.DataF
     return mine.sort_values("step")
 
 
-def skill_matched(points: pd.DataFrame, reference: str, metrics: tuple[str, ...] = MATCHED_METRICS) -> pd.DataFrame:
+def skill_matched(points: pd.DataFrame, reference: str, metrics: tuple[str, ...] = MATCHED_METRICS,
+                  min_curve_points: int = 3) -> pd.DataFrame:
     """Every trained point of another arm beside the reference curve of its seed read at the same AUC.
 
     The reference curve (:func:`reference_curve`) is interpolated linearly in AUC between its points (as ordered by
-    AUC); a point outside the curve's AUC range is not matched (``matched`` False, ``at_reference`` NaN): no
-    extrapolation. One row per point and metric: ``arm, seed, step, auc, metric, value, at_reference, diff``.
+    AUC); a point outside the curve's AUC range, or of a seed whose curve has fewer than ``min_curve_points`` points
+    (the base model and the final evaluation alone make a straight line, not a curve: sensitivity need not fall
+    steadily with training), is not matched (``matched`` False, ``at_reference`` NaN): no extrapolation. One row
+    per point and metric: ``arm, seed, step, auc, metric, value, at_reference, diff, matched, curve_points``.
     """
     rows = []
     others = points[(points["arm"] != reference) & (points["arm"] != BASE_KEY)]
@@ -75,12 +78,14 @@ def skill_matched(points: pd.DataFrame, reference: str, metrics: tuple[str, ...]
         trained = curve[curve["arm"] == reference]
         for _, p in run.sort_values("step").iterrows():
             for metric in metrics:
-                ok = len(trained) > 0 and curve["auc"].min() <= p["auc"] <= curve["auc"].max()
+                ok = (len(trained) > 0 and len(curve) >= min_curve_points
+                      and curve["auc"].min() <= p["auc"] <= curve["auc"].max())
                 order = curve.sort_values("auc", kind="stable")
                 at = float(np.interp(p["auc"], order["auc"], order[metric])) if ok else float("nan")
                 rows.append(dict(arm=arm, seed=int(seed), step=int(p["step"]), auc=p["auc"], metric=metric,
-                                 value=p[metric], at_reference=at, diff=p[metric] - at, matched=ok))
-    columns = ["arm", "seed", "step", "auc", "metric", "value", "at_reference", "diff", "matched"]
+                                 value=p[metric], at_reference=at, diff=p[metric] - at, matched=ok,
+                                 curve_points=len(curve)))
+    columns = ["arm", "seed", "step", "auc", "metric", "value", "at_reference", "diff", "matched", "curve_points"]
     return pd.DataFrame(rows, columns=columns)
 
 

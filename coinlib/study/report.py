@@ -183,7 +183,7 @@ def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str,
     atomic_write_text(out / f"skill_matched_{fmt}.md",
                       f"# At equal skill, {fmt} format: arm minus {labels.get(spec.reference, spec.reference)}\n\n"
                       f"Each trained point of an arm beside the {spec.reference} curve of its seed read at the same "
-                      "AUC (linear between its evaluations, base model at step 0; points outside its AUC range are "
-                      "left out). mean_diff in points; above: points above the reference.\n\n"
+                      "AUC (linear between its evaluations, base model at step 0; points outside its AUC range, and "
+                      "seeds whose reference has no part-way evaluations, are left out). mean_diff in points; above: points above the reference.\n\n"
                       + tables.to_markdown(shown))
     return {"points": points, "matched": matched, "summary": summary}
