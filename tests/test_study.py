@@ -28,6 +28,7 @@ from coinlib.evaluate.compare import (
 )
 from coinlib.study import cli, driver, report, store
 from coinlib.study import spec as study_spec
+from predictions_helper import synthetic_predictions
 
 SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
 
@@ -208,7 +209,7 @@ class Fakes:
         pd.DataFrame({"model": P.run.name, "task": "sst2", "group": ["clean", "checklist"], "mean_acc": 0.6,
                       "cal_acc": value, "auc": 0.8, "std_cal_acc": 0.02, "flip_rate_cal": [np.nan, 0.1]}
                      ).to_csv(out / "summary.csv", index=False)
-        pd.DataFrame({"model": [P.run.name], "correct": [True]}).to_parquet(out / "predictions.parquet")
+        synthetic_predictions(2 * value, 1.0, 0, n=4, model=P.run.name).to_parquet(out / "predictions.parquet")
 
 
 def _fake_study(tmp_path, monkeypatch, fakes: Fakes, **spec):

@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from coinlib.core.params import PARAMS_DIR
 from coinlib.study import curves, report
 from coinlib.study import spec as study_spec
+from predictions_helper import synthetic_predictions
 
 SPEC = PARAMS_DIR / "studies" / "sentiment.yaml"
 
 
-def _predictions(skill: float, noise: float, seed: int, n: int = 40) -> pd.DataFrame:
-    """Two groups x two instructions x ``n`` instances: margin = ``skill`` toward the gold label plus an instance
-    effect shared by every instruction, plus instruction-specific noise of SD ``noise``."""
-    rng = np.random.default_rng(seed)
-    gold = np.arange(n) % 2
-    shared = rng.normal(size=n)
-    rows = []
-    for group in ("clean", "checklist"):
-        for i in range(2):
-            margin = skill * (2 * gold - 1) + shared + noise * rng.normal(size=n)
-            for j in range(n):
-                pred = "pos" if margin[j] > 0 else "neg"
-                label = "pos" if gold[j] else "neg"
-                rows.append(dict(model="m", task="sst2", group=group, instruction_id=i, instance_id=str(j),
-                                 gold=label, prediction=pred, correct=pred == label,
-                                 label_scores=json.dumps({"neg": 0.0, "pos": float(margin[j])}),
-                                 label_tokens=json.dumps({"neg": 1, "pos": 1})))
-    return pd.DataFrame(rows)
-
-
 def test_point_metrics_read_skill_and_consistency_from_the_predictions():
-    weak, strong = curves.point_metrics(_predictions(0.2, 1.0, 0)), curves.point_metrics(_predictions(2.0, 1.0, 0))
+    weak, strong = curves.point_metrics(synthetic_predictions(0.2, 1.0, 0)), curves.point_metrics(synthetic_predictions(2.0, 1.0, 0))
     assert weak["n_instances"] == strong["n_instances"] == 40
     assert 0.5 <= weak["auc"] < strong["auc"] <= 1.0 and weak["cal_acc"] < strong["cal_acc"]
     # the same instruction noise: a larger gap between the labels makes margins' order more stable
     assert weak["margin_rank"] < strong["margin_rank"]
-    steady = curves.point_metrics(_predictions(0.2, 0.05, 0))
+    steady = curves.point_metrics(synthetic_predictions(0.2, 0.05, 0))
     assert steady["margin_rank"] > 0.95 and steady["flip_rate_cal"] < weak["flip_rate_cal"]
 
 
@@ -73,6 +52,8 @@ def test_skill_matched_reads_the_reference_curve_of_the_same_seed_at_equal_auc()
     flip = summary.loc[("coin", "flip_rate_cal")]
     assert (flip["points"], flip["seeds"], flip["above"]) == (2, 2, 2)
     assert flip["mean_diff"] == pytest.approx((0.03 + 0.01) / 2)
+    nothing = curves.matched_summary(curves.skill_matched(points[points["seed"] != 0], "cit"))
+    assert nothing.empty and list(nothing.columns) == ["arm", "metric", "points", "seeds", "mean_diff", "above"]
 
 
 def test_curves_and_skill_match_are_drawn_from_committed_stages(tmp_path):
@@ -83,7 +64,7 @@ def test_curves_and_skill_match_are_drawn_from_committed_stages(tmp_path):
               ("cit-cont-s0", "eval-train"): (3.0, 6)}  # continues CIT's adapter: no curve of its own
     for (key, stage), (skill, seed) in stages.items():
         (runs / key / stage).mkdir(parents=True)
-        _predictions(skill, 1.0, seed).to_parquet(runs / key / stage / "predictions.parquet")
+        synthetic_predictions(skill, 1.0, seed).to_parquet(runs / key / stage / "predictions.parquet")
     points = curves.curve_points(spec, "train")
     assert [tuple(r) for r in points[["arm", "step", "stage"]].itertuples(index=False)] == [
         ("base", 0, "eval-train"), ("cit", 20, "step20-train"), ("cit", 40, "step40-train"), ("cit", 80, "eval-train"),
@@ -97,3 +78,10 @@ def test_curves_and_skill_match_are_drawn_from_committed_stages(tmp_path):
         assert (spec.committed_dir / name).is_file(), name
     drawn = pd.read_csv(spec.committed_dir / "curves_train.csv")
     assert len(drawn) == 5 and set(drawn["arm"]) == {"base", "cit", "coin"}
+    # without CIT's part-way evaluations nothing is matched: the earlier comparison's files go, the figures stay
+    for stage in ("step20-train", "step40-train"):
+        (runs / "cit-s0" / stage / "predictions.parquet").unlink()
+    stale = spec.committed_dir / "skill_matched_paper.md"
+    stale.write_text("an earlier report")
+    assert "summary" not in report.write_curves(spec, "train", labels) and report.write_curves(spec, "paper", labels) == {}
+    assert not list(spec.committed_dir.glob("skill_matched_*")) and not (spec.committed_dir / "curves_train.png").exists()

@@ -92,7 +92,7 @@ def skill_matched(points: pd.DataFrame, reference: str, metrics: tuple[str, ...]
 def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
     """Per arm and metric over the matched points: their number, seeds, mean difference from the reference at equal
     AUC, and how many points lie above it."""
-    ok = matched[matched["matched"]]
+    ok = matched[matched["matched"].astype(bool)]  # an empty column is of object dtype: not a mask
     return (ok.groupby(["arm", "metric"], sort=True)
               .agg(points=("diff", "size"), seeds=("seed", "nunique"), mean_diff=("diff", "mean"),
                    above=("diff", lambda d: int((d > 0).sum())))

@@ -4,6 +4,7 @@ summary across seeds, tables and figure."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -163,16 +164,21 @@ def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str,
 
     points = curves.curve_points(spec, fmt)
     trained = points[points["arm"] != BASE_KEY]
-    if trained.empty:
-        return {}
     out = spec.committed_dir
+    if trained.empty:
+        for stem in (f"curves_{fmt}", f"skill_matched_{fmt}"):
+            _remove_outputs(out, stem)
+        return {}
     if trained.groupby(["arm", "seed"]).size().max() >= 2:
         fig = plots.plot_metric_curves(points, labels)
         plots.save_figure(fig, points, out, f"curves_{fmt}")
         plots.plt.close(fig)
+    else:
+        _remove_outputs(out, f"curves_{fmt}")
     matched = curves.skill_matched(points, spec.reference)
     summary = curves.matched_summary(matched)
     if summary.empty:
+        _remove_outputs(out, f"skill_matched_{fmt}")  # an earlier report's, from stages that no longer qualify
         return {"points": points, "matched": matched}
     fig = plots.plot_skill_matched(points, spec.reference, labels)
     plots.save_figure(fig, matched, out, f"skill_matched_{fmt}")
@@ -187,3 +193,9 @@ def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str,
                       "seeds whose reference has no part-way evaluations, are left out). mean_diff in points; above: points above the reference.\n\n"
                       + tables.to_markdown(shown))
     return {"points": points, "matched": matched, "summary": summary}
+
+
+def _remove_outputs(out: Path, stem: str) -> None:
+    """Delete a figure's files (every suffix) that this report no longer makes."""
+    for path in out.glob(f"{stem}.*"):
+        path.unlink()
