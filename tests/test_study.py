@@ -655,6 +655,25 @@ def test_plan_scales_part_way_and_variant_evaluations_from_the_main_one(tmp_path
            for stage in ("train", "eval-train", "step4-train", "eval-train-all", "eval-paper", "eval-paper-all")}
     assert got == {"train": 30.0, "eval-train": 100.0, "step4-train": 50.0, "eval-train-all": 400.0,
                    "eval-paper": 0.0, "eval-paper-all": 0.0}  # nothing known of the paper format yet
+    # a training in progress counts its steps left: at the committed trainings' pace, else at its own
+    progress = {plan.key: (6, 120.0)}
+    assert cli.stage_estimate(typical, plan, "train", progress) == pytest.approx(30.0 * 2 / 8)
+    assert cli.stage_estimate({}, plan, "train", progress) == pytest.approx(20.0 * 2)
+    assert cli.stage_estimate({}, plan, "train", {"other-s0": (6, 120.0)}) == 0.0
+    assert cli._estimate_note([0.0, 120.0, 0.0]) == " (about 2 min, 2 without an estimate)"
+    assert cli._estimate_note([0.0]) == " (1 without an estimate)" and cli._estimate_note([]) == ""
+
+
+def test_training_progress_reads_the_committed_step_and_attempt_times(tmp_path):
+    spec = study_spec.load_spec(_write_spec(tmp_path, _recipe(tmp_path)))
+    checkpoint = tmp_path / "checkpoint-6"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    clock = tmp_path / "clock.json"
+    clock.write_text(json.dumps({"digest": "d", "attempts_s": [100.0, 50.0]}))
+    store.save_progress(checkpoint, store.stage_dir(spec, "cit-s0", store.PROGRESS), "d", clock)
+    store.save_progress(checkpoint, store.stage_dir(spec, "coin-s0", store.PROGRESS), "d")  # no times: left out
+    assert store.training_progress(spec) == {"cit-s0": (6, 150.0)}
 
 
 def test_table3_layout_from_the_committed_sentiment_runs():

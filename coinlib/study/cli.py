@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterable
+from typing import Iterable, Optional
 
 from coinlib.core.params import add_set_argument
 from coinlib.study.driver import Driver, run_study, study_plans
 from coinlib.study.report import write_report
 from coinlib.study.spec import BASE_KEY, FORMATS, StudyError, expand, load_spec
-from coinlib.study.store import _params_yaml, _rel, runs_dir, stage_times, warn_if_git_ignored
+from coinlib.study.store import _params_yaml, _rel, runs_dir, stage_times, training_progress, warn_if_git_ignored
 
 
 def _size(P) -> int:
@@ -44,9 +44,19 @@ def _size(P) -> int:
     return e.n_per_task * len(e.tasks) * len(e.groups)
 
 
-def stage_estimate(typical: dict[str, float], plan, stage: str) -> float:
+def stage_estimate(typical: dict[str, float], plan, stage: str,
+                   progress: Optional[dict[str, tuple[int, float]]] = None) -> float:
     """Seconds a stage should take: the median of its kind when committed before; for a part-way or variant
-    evaluation, its format's main evaluation scaled by instances x tasks x groups (0 when nothing is known)."""
+    evaluation, its format's main evaluation scaled by instances x tasks x groups (0 when nothing is known).
+    A training with committed progress (``progress``, :func:`training_progress`) counts only its steps left, at
+    the median time per step of the committed trainings or, when none is committed, of the progress so far."""
+    if stage == "train" and progress and plan.key in progress:
+        done, spent = progress[plan.key]
+        steps = plan.train.train.max_steps
+        if steps <= 0:
+            return 0.0
+        per_step = typical["train"] / steps if "train" in typical else spent / done
+        return per_step * max(steps - done, 0)
     if stage in typical:
         return typical[stage]
     if stage in plan.checkpoint_stages():
@@ -58,6 +68,13 @@ def stage_estimate(typical: dict[str, float], plan, stage: str) -> float:
     main = plan.evals.get(Pe.evaluate.input_format) if Pe is not None else None
     base = typical.get(f"eval-{Pe.evaluate.input_format}") if Pe is not None else None
     return base * _size(Pe) / _size(main) if base and main is not None else 0.0
+
+
+def _estimate_note(needs: list[float]) -> str:
+    """`` (about N min, K without an estimate)`` for a run's stage estimates (0: unknown); empty when none."""
+    parts = ([f"about {sum(needs) / 60:.0f} min"] if sum(needs) else []) + (
+        [f"{needs.count(0.0)} without an estimate"] if needs.count(0.0) else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -95,18 +112,19 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.plan:
             warn_if_git_ignored(spec, print)
             driver = Driver(spec, args.replace_stale)
-            typical, left = stage_times(spec), 0.0
+            typical, progress, left = stage_times(spec), training_progress(spec), 0.0
             pilot, plans = study_plans(spec, args.only, arms, args.seeds, args.formats, base, args.ignore_gate)
             gate = driver.gate_pending(pilot, plans) if pilot is not None else []  # what a run does first
             rows = [(f"{pilot.key} (gate)", pilot, gate)] if gate else []
+            unknown = 0
             for name, plan, todo in rows + [(p.key, p, driver.pending(p)) for p in plans]:
-                need = sum(stage_estimate(typical, plan, stage) for stage in todo)
-                left += need
-                print(f"{name:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}"
-                      + (f" (about {need / 60:.0f} min)" if need else ""))
+                needs = [stage_estimate(typical, plan, stage, progress) for stage in todo]
+                needs = needs if typical or progress else []  # nothing timed is committed: no estimates at all
+                left, unknown = left + sum(needs), unknown + needs.count(0.0)
+                print(f"{name:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}{_estimate_note(needs)}")
             if left:
-                print(f"time left: about {left / 3600:.1f} h (the median wall time of each committed stage kind, "
-                      "on the machines that made them)")
+                print(f"time left: {'at least' if unknown else 'about'} {left / 3600:.1f} h (the median wall time of each committed stage kind, "
+                      "on the machines that made them; a training in progress: its steps left at its own pace)")
             return 0
         status = 0
         if not args.report:

@@ -199,6 +199,19 @@ def stage_times(spec: StudySpec) -> dict[str, float]:
     return {kind: float(pd.Series(v).median()) for kind, v in times.items()}
 
 
+def training_progress(spec: StudySpec) -> dict[str, tuple[int, float]]:
+    """Per run key with committed training progress (:data:`PROGRESS`): the step it reached and the wall seconds
+    its attempts took to get there (``study_clock.json``); a run without recorded times is left out."""
+    out = {}
+    for meta_path in sorted(runs_dir(spec).glob(f"*/{PROGRESS}/stage.json")):
+        step = _read_meta(meta_path.parent).get("step")
+        clock = meta_path.parent / "study_clock.json"
+        spent = sum(json.loads(clock.read_text(encoding="utf-8")).get("attempts_s", [])) if clock.is_file() else 0
+        if isinstance(step, int) and step > 0 and spent > 0:
+            out[meta_path.parent.parent.name] = (step, float(spent))
+    return out
+
+
 def _read_meta(folder: Path) -> dict[str, Any]:
     path = folder / "stage.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
