@@ -313,3 +313,15 @@ def test_table2_share_compares_the_paper_mix_with_a_build():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["c", "b", "a"]
     empty = figures.table2_share_data(counts.assign(entries=0))  # nothing built: shares 0, not NaN
     assert empty["ours"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_metric_curves_average_seeds_only_at_steps_every_seed_has():
+    rows = [("base", None, 0, 0.60), ("cit", 0, 20, 0.70), ("cit", 0, 80, 0.90), ("cit", 1, 80, 0.80)]
+    points = pd.DataFrame([dict(arm=a, seed=s, step=t, auc=v, cal_acc=v, flip_rate_cal=1 - v, margin_rank=v)
+                           for a, s, t, v in rows])
+    fig = figures.plot_metric_curves(points, {"cit": "CIT"})
+    mean = next(line for line in fig.axes[0].get_lines() if line.get_label() == "CIT")
+    # seed 0's step 20 is drawn thin, not averaged with nothing: the mean runs base -> the mean of both seeds at 80
+    assert list(mean.get_xdata()) == [0, 80] and list(mean.get_ydata()) == pytest.approx([60.0, 85.0])
+    thin = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("_")]
+    assert sorted(len(line.get_xdata()) for line in thin) == [2, 3]

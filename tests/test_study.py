@@ -669,11 +669,14 @@ def test_training_progress_reads_the_committed_step_and_attempt_times(tmp_path):
     checkpoint = tmp_path / "checkpoint-6"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "q_proj", "k_proj"]}))
     clock = tmp_path / "clock.json"
     clock.write_text(json.dumps({"digest": "d", "attempts_s": [100.0, 50.0]}))
     store.save_progress(checkpoint, store.stage_dir(spec, "cit-s0", store.PROGRESS), "d", clock)
     store.save_progress(checkpoint, store.stage_dir(spec, "coin-s0", store.PROGRESS), "d")  # no times: left out
     assert store.training_progress(spec) == {"cit-s0": (6, 150.0)}
+    config = json.loads((store.stage_dir(spec, "cit-s0", store.PROGRESS) / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["k_proj", "q_proj", "v_proj"]  # one order, whatever peft's set gave
 
 
 def test_table3_layout_from_the_committed_sentiment_runs():

@@ -484,8 +484,8 @@ def _arm_colors(arms: list[str]) -> dict[str, str]:
 def plot_metric_curves(points: pd.DataFrame, labels: dict[str, str] | None = None,
                        metrics: tuple[str, ...] = ("auc", "cal_acc", "flip_rate_cal", "margin_rank")) -> plt.Figure:
     """Metrics against the training step for one input format: each seed's run as a thin line from the base model
-    (step 0) through its part-way evaluations, the mean over seeds per arm and step as a thick line
-    (``points``: rows of :func:`coinlib.study.curves.curve_points`)."""
+    (step 0) through its part-way evaluations, the mean over seeds per arm and step as a thick line, at the steps
+    every seed of the arm has (so a mean never mixes seeds with one seed) (``points``: rows of :func:`coinlib.study.curves.curve_points`)."""
     use_style()
     labels = labels or {}
     base = points[points["arm"] == "base"]
@@ -498,12 +498,13 @@ def plot_metric_curves(points: pd.DataFrame, labels: dict[str, str] | None = Non
             for _, run in runs.groupby("seed"):
                 line = pd.concat([base, run]).sort_values("step")
                 ax.plot(line["step"], 100 * line[metric], "-", color=color, lw=0.8, alpha=0.5)
-            mean = pd.concat([base, runs]).groupby("step")[metric].mean()
+            complete = runs.groupby("step")["seed"].nunique() == runs["seed"].nunique()  # steps every seed has
+            mean = pd.concat([base, runs[runs["step"].isin(complete[complete].index)]]).groupby("step")[metric].mean()
             ax.plot(mean.index, 100 * mean.to_numpy(), "o-", color=color, lw=2, ms=4, label=labels.get(arm, arm))
         ax.set_xlabel("optimizer step (0 = base model)")
         ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
     np.atleast_1d(axes)[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    fig.suptitle("metrics along training (thin: one seed; thick: mean over seeds); flip rate and rank correlation "
+    fig.suptitle("metrics along training (thin: one seed; thick: mean over seeds, at steps all seeds have); flip rate and rank correlation "
                  "over the perturbed groups")
     fig.tight_layout()
     return fig

@@ -124,6 +124,8 @@ def save_progress(checkpoint: Path, folder: Path, digest: str, clock: Optional[P
     if "adapter_config.json" in files:  # the base model as the parameters name it, not a path on this machine
         config = json.loads(Path(files["adapter_config.json"]).read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = P.model.name if P is not None else None
+        if isinstance(config.get("target_modules"), list):  # peft writes a set in hash order: stable diffs
+            config["target_modules"] = sorted(config["target_modules"])
         files["adapter_config.json"] = json.dumps(config, indent=2, sort_keys=True)
     if clock is not None and clock.is_file():
         files["study_clock.json"] = clock
