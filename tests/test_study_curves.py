@@ -85,3 +85,31 @@ def test_curves_and_skill_match_are_drawn_from_committed_stages(tmp_path):
     stale.write_text("an earlier report")
     assert "summary" not in report.write_curves(spec, "train", labels) and report.write_curves(spec, "paper", labels) == {}
     assert not list(spec.committed_dir.glob("skill_matched_*")) and not (spec.committed_dir / "curves_train.png").exists()
+
+
+def test_matched_intervals_resample_the_point_and_the_curve_on_the_same_instances(tmp_path):
+    spec = study_spec.load_spec(SPEC).model_copy(update={"committed_root": str(tmp_path)})
+    runs = spec.committed_dir / "runs"
+    stages = {("base", "eval-train"): (0.1, 1), ("cit-s0", "step20-train"): (0.6, 2),
+              ("cit-s0", "step40-train"): (1.0, 3), ("cit-s0", "eval-train"): (2.0, 4),
+              ("coin-s0", "eval-train"): (1.0, 3),      # CIT's step-40 predictions: on its curve in every resample
+              ("coin-l10-s0", "eval-train"): (0.8, 5)}
+    for (key, stage), (skill, seed) in stages.items():
+        (runs / key / stage).mkdir(parents=True)
+        synthetic_predictions(skill, 1.0, seed).to_parquet(runs / key / stage / "predictions.parquet")
+    points = curves.curve_points(spec, "train")
+    matched = curves.skill_matched(points, "cit")
+    got = curves.matched_intervals(spec, "train", points, matched, n_boot=200).set_index("arm")
+    assert list(got.index) == ["coin", "coin-l10"] and set(got["metric"]) == {"flip_rate_cal"}
+    assert got.loc["coin", ["diff_low", "diff_high"]].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert got.loc["coin", "resampled"] == 1.0
+    row = matched.set_index(["arm", "metric"]).loc[("coin-l10", "flip_rate_cal")]
+    low, high = got.loc["coin-l10", ["diff_low", "diff_high"]]
+    assert low < row["diff"] < high and 0 < high - low < 0.2
+    # the resamples centre on the point's own metrics; evaluations of other instances are refused
+    one = synthetic_predictions(1.0, 1.0, 3)
+    boot, point = curves.bootstrap_points({"a": one}, 400)["a"], curves.point_metrics(one)
+    assert boot["auc"].mean() == pytest.approx(point["auc"], abs=0.01)
+    assert boot["flip_rate_cal"].mean() == pytest.approx(point["flip_rate_cal"], abs=0.01)
+    with pytest.raises(ValueError, match="same groups, instructions and instances"):
+        curves.bootstrap_points({"a": one, "b": synthetic_predictions(1.0, 1.0, 3, n=30)})

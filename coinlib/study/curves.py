@@ -4,14 +4,19 @@ A run's curve is the base model (step 0), its part-way evaluations (``step<N>-<f
 its final evaluation (``eval-<format>``), all on the same sample. A weaker model flips more answers near a decision
 threshold, so a flip rate says little about instruction sensitivity until the models compared are equally skilled:
 :func:`skill_matched` reads each reference curve (CIT, seed by seed) at the AUC of every other run's point, so an arm
-is compared with the reference *when the reference was as good as it*.
+is compared with the reference *when the reference was as good as it*. :func:`matched_intervals` gives each
+matched flip-rate difference a paired instance-bootstrap interval (every point resampled on the same instances).
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from coinlib.evaluate.compare import _label_free_stats, _task_arrays
 from coinlib.evaluate.metrics import summarize
 from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, stop_steps
 from coinlib.study.store import runs_dir
@@ -97,3 +102,65 @@ def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
               .agg(points=("diff", "size"), seeds=("seed", "nunique"), mean_diff=("diff", "mean"),
                    above=("diff", lambda d: int((d > 0).sum())))
               .reset_index())
+
+
+def bootstrap_points(frames: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUC and calibrated flip rate of each evaluation in ``frames`` (key -> predictions) over ``n_boot`` instance
+    resamples shared by all of them (paired: the same draws for every key), as ``{key: {metric: [n_boot]}}``;
+    averaged like :func:`point_metrics` (over tasks and groups; the flip rate over the perturbed groups). Calibrated
+    answers keep their full-sample thresholds, as in :func:`coinlib.evaluate.compare.paired_bootstrap`."""
+    first = next(iter(frames.values()))
+    tasks, groups = sorted(first["task"].unique()), list(dict.fromkeys(first["group"]))
+    rng = np.random.default_rng(seed)
+    per: dict = {k: {"auc": [], "flip_rate_cal": []} for k in frames}
+    for task in tasks:
+        arrays = {k: _task_arrays(f[f["task"] == task], groups) for k, f in frames.items()}
+        sizes = {k: a["cal_acc"].shape for k, a in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"bootstrap_points: {task} was not evaluated on the same groups, instructions and "
+                             f"instances by every point ({sizes}); compare evaluations of one sample")
+        n = next(iter(sizes.values()))[-1]
+        counts = np.zeros((n_boot, n))
+        np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, n, size=(n_boot, n))), 1.0)
+        for k, a in arrays.items():
+            stats = _label_free_stats(a, counts, len(groups))
+            for metric in per[k]:
+                per[k][metric].append(stats[metric])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the clean group has no flip rate
+        return {k: {m: np.nanmean(np.nanmean(np.stack(v), axis=0), axis=1) for m, v in d.items()}
+                for k, d in per.items()}
+
+
+def matched_intervals(spec: StudySpec, fmt: str, points: pd.DataFrame, matched: pd.DataFrame, n_boot: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """For each matched flip-rate row of :func:`skill_matched`: the difference from the reference curve in every
+    paired instance resample (the point and the whole curve redrawn on the same instances, the curve read at the
+    point's resampled AUC), as ``diff_low, diff_high`` (percentile interval) and ``resampled`` (the share of
+    resamples in which the point stayed inside the curve's AUC range, the rest left out)."""
+    root, tail = runs_dir(spec), (1 - level) / 2 * 100
+    rows = []
+    for _, row in matched[matched["matched"].astype(bool) & (matched["metric"] == "flip_rate_cal")].iterrows():
+        curve = reference_curve(points, spec.reference, row["seed"])
+        here = points[(points["arm"] == row["arm"]) & (points["seed"] == row["seed"]) & (points["step"] == row["step"])]
+        frames = {("curve", i): pd.read_parquet(_predictions_path(root, r)) for i, (_, r) in enumerate(curve.iterrows())}
+        frames["point"] = pd.read_parquet(_predictions_path(root, here.iloc[0]))
+        boot = bootstrap_points(frames, n_boot, seed)
+        auc = np.stack([boot[("curve", i)]["auc"] for i in range(len(curve))], axis=1)  # [n_boot, curve point]
+        flip = np.stack([boot[("curve", i)]["flip_rate_cal"] for i in range(len(curve))], axis=1)
+        diffs = np.full(n_boot, np.nan)
+        for b in range(n_boot):
+            order = np.argsort(auc[b], kind="stable")
+            x = boot["point"]["auc"][b]
+            if auc[b].min() <= x <= auc[b].max():
+                diffs[b] = boot["point"]["flip_rate_cal"][b] - np.interp(x, auc[b][order], flip[b][order])
+        ok = diffs[~np.isnan(diffs)]
+        low, high = np.percentile(ok, [tail, 100 - tail]) if len(ok) else (np.nan, np.nan)
+        rows.append(dict(arm=row["arm"], seed=row["seed"], step=row["step"], metric=row["metric"], diff_low=low,
+                         diff_high=high, resampled=len(ok) / n_boot))
+    return pd.DataFrame(rows, columns=["arm", "seed", "step", "metric", "diff_low", "diff_high", "resampled"])
+
+
+def _predictions_path(root: Path, row: pd.Series) -> Path:
+    key = BASE_KEY if row["arm"] == BASE_KEY else f"{row['arm']}-s{int(row['seed'])}"
+    return root / key / row["stage"] / "predictions.parquet"

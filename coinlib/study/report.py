@@ -180,18 +180,32 @@ def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str,
     if summary.empty:
         _remove_outputs(out, f"skill_matched_{fmt}")  # an earlier report's, from stages that no longer qualify
         return {"points": points, "matched": matched}
+    intervals = curves.matched_intervals(spec, fmt, points, matched, n_boot=spec.n_boot)
+    matched = matched.merge(intervals, on=["arm", "seed", "step", "metric"], how="left")
     fig = plots.plot_skill_matched(points, spec.reference, labels)
     plots.save_figure(fig, matched, out, f"skill_matched_{fmt}")
     plots.plt.close(fig)
+    name = labels.get(spec.reference, spec.reference)
     shown = summary.assign(arm=summary["arm"].map(lambda a: labels.get(a, a)),
                            metric=summary["metric"].map(lambda m: tables.STUDY_METRICS.get(m, m)),
                            mean_diff=(100 * summary["mean_diff"]).round(1))
+    flips = matched[matched["matched"].astype(bool) & (matched["metric"] == "flip_rate_cal")]
+    per_point = pd.DataFrame({
+        "arm": flips["arm"].map(lambda a: labels.get(a, a)), "seed": flips["seed"], "step": flips["step"],
+        "AUC": (100 * flips["auc"]).round(1), "flip rate": (100 * flips["value"]).round(1),
+        f"{name} at that AUC": (100 * flips["at_reference"]).round(1),
+        "difference [95% paired bootstrap]": [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for d, lo, hi in
+                                              zip(flips["diff"], flips["diff_low"], flips["diff_high"])]})
     atomic_write_text(out / f"skill_matched_{fmt}.md",
-                      f"# At equal skill, {fmt} format: arm minus {labels.get(spec.reference, spec.reference)}\n\n"
+                      f"# At equal skill, {fmt} format: arm minus {name}\n\n"
                       f"Each trained point of an arm beside the {spec.reference} curve of its seed read at the same "
                       "AUC (linear between its evaluations, base model at step 0; points outside its AUC range, and "
-                      "seeds whose reference has no part-way evaluations, are left out). mean_diff in points; above: points above the reference.\n\n"
-                      + tables.to_markdown(shown))
+                      "seeds whose reference has no part-way evaluations, are left out). mean_diff in points; above: "
+                      "points above the reference.\n\n" + tables.to_markdown(shown)
+                      + "\n\n## Calibrated flip rate, point by point\n\nThe interval redraws the instances "
+                      f"({int(points['n_instances'].min())} per task; {spec.n_boot} paired resamples: the point and the whole {name} curve on the same instances, "
+                      "the curve read at the point's resampled AUC; calibration thresholds fixed); it covers instance "
+                      "sampling, not seeds.\n\n" + tables.to_markdown(per_point))
     return {"points": points, "matched": matched, "summary": summary}
 
 
