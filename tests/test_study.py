@@ -677,6 +677,10 @@ def test_training_progress_reads_the_committed_step_and_attempt_times(tmp_path):
     assert store.training_progress(spec) == {"cit-s0": (6, 150.0)}
     config = json.loads((store.stage_dir(spec, "cit-s0", store.PROGRESS) / "adapter_config.json").read_text())
     assert config["target_modules"] == ["k_proj", "q_proj", "v_proj"]  # one order, whatever peft's set gave
+    runs = report.committed_runs(spec).set_index(["run", "format"])
+    total = study_spec.arm_params(spec, "cit", 0).train.max_steps
+    assert runs.loc[("cit-s0", "train"), "status"] == f"training: step 6 of {total}"  # the report shows it too
+    assert runs.loc[("cit-s0", "train"), "train_s"] == 150.0 and runs.loc[("coin-s0", "train"), "status"] == "not run"
 
 
 def test_table3_layout_from_the_committed_sentiment_runs():

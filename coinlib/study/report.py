@@ -15,7 +15,7 @@ from coinlib.evaluate.metrics import summarize
 from coinlib.results.report import group_table, paired_markdown_table, paired_table, task_table
 from coinlib.study import curves
 from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, reference_of
-from coinlib.study.store import _read_meta, runs_dir
+from coinlib.study.store import _read_meta, runs_dir, training_progress
 
 
 def committed_runs(spec: StudySpec) -> pd.DataFrame:
@@ -26,15 +26,20 @@ def committed_runs(spec: StudySpec) -> pd.DataFrame:
     for arm in spec.arms:
         extra = sorted(int(m.group(1)) for k in found if (m := re.fullmatch(rf"{re.escape(arm)}-s(\d+)", k)))
         keys += [(f"{arm}-s{s}", arm, s) for s in sorted(set(spec.seeds) | set(extra))]
-    rows = []
+    rows, progress = [], training_progress(spec)
     for key, arm, seed in keys:
         train_meta = _read_meta(root / key / "train")
         log = root / key / "train" / "train_log.csv"
         steps = int(pd.read_csv(log)["step"].max()) if log.is_file() else None
+        waiting = "not run"
+        if not train_meta and key in progress:  # a long training committed part-way (commit_progress)
+            steps, spent = progress[key]
+            waiting = f"training: step {steps} of {arm_params(spec, arm, seed).train.max_steps}"
+            train_meta = {"wall_s": spent}
         for fmt in spec.formats:
             folder = root / key / f"eval-{fmt}"
             meta = _read_meta(folder)
-            row = dict(run=key, arm=arm, seed=seed, format=fmt, status="done" if meta else "not run",
+            row = dict(run=key, arm=arm, seed=seed, format=fmt, status="done" if meta else waiting,
                        steps=steps, train_s=train_meta.get("wall_s"), eval_s=meta.get("wall_s"))
             if meta:
                 row.update(_headline(pd.read_csv(folder / "summary.csv")))
