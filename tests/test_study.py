@@ -659,7 +659,8 @@ def test_plan_scales_part_way_and_variant_evaluations_from_the_main_one(tmp_path
     progress = {plan.key: (6, 120.0)}
     assert cli.stage_estimate(typical, plan, "train", progress) == pytest.approx(30.0 * 2 / 8)
     assert cli.stage_estimate({}, plan, "train", progress) == pytest.approx(20.0 * 2)
-    assert cli.stage_estimate({}, plan, "train", {"other-s0": (6, 120.0)}) == 0.0
+    assert cli.stage_estimate({}, plan, "train", {"other-s0": (6, 120.0)}) == pytest.approx(20.0 * 8)  # its pace
+    assert cli.stage_estimate(typical, plan, "train", {"other-s0": (6, 120.0)}) == 30.0  # committed: those
     assert cli._estimate_note([0.0, 120.0, 0.0]) == " (about 2 min, 2 without an estimate)"
     assert cli._estimate_note([0.0]) == " (1 without an estimate)" and cli._estimate_note([]) == ""
 

@@ -29,6 +29,7 @@ training and that evaluation run first: its other stages run in its place among 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from typing import Iterable, Optional
 
@@ -49,14 +50,14 @@ def stage_estimate(typical: dict[str, float], plan, stage: str,
     """Seconds a stage should take: the median of its kind when committed before; for a part-way or variant
     evaluation, its format's main evaluation scaled by instances x tasks x groups (0 when nothing is known).
     A training with committed progress (``progress``, :func:`training_progress`) counts only its steps left, at
-    the median time per step of the committed trainings or, when none is committed, of the progress so far."""
-    if stage == "train" and progress and plan.key in progress:
-        done, spent = progress[plan.key]
-        steps = plan.train.train.max_steps
-        if steps <= 0:
-            return 0.0
-        per_step = typical["train"] / steps if "train" in typical else spent / done
-        return per_step * max(steps - done, 0)
+    the median time per step of the committed trainings or, when none is committed, of its own progress; one not
+    started while none is committed goes at the median pace of the others' progress."""
+    if stage == "train" and progress and "train" not in typical and plan.train.train.max_steps > 0:
+        done, spent = progress.get(plan.key, (0, 0.0))
+        pace = spent / done if done else statistics.median(s / d for d, s in progress.values())
+        return pace * max(plan.train.train.max_steps - done, 0)
+    if stage == "train" and progress and plan.key in progress and plan.train.train.max_steps > 0:
+        return typical["train"] * (1 - progress[plan.key][0] / plan.train.train.max_steps)
     if stage in typical:
         return typical[stage]
     if stage in plan.checkpoint_stages():
@@ -124,7 +125,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                 print(f"{name:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}{_estimate_note(needs)}")
             if left:
                 print(f"time left: {'at least' if unknown else 'about'} {left / 3600:.1f} h (the median wall time of each committed stage kind, "
-                      "on the machines that made them; a training in progress: its steps left at its own pace)")
+                      "on the machines that made them; a long training: its steps left at the pace of the committed progress)")
             return 0
         status = 0
         if not args.report:
