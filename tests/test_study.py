@@ -581,6 +581,7 @@ def test_committed_progress_resumes_a_long_run_in_a_fresh_clone(tmp_path, smol_t
     restored = store.restore_progress(folder, "a newer digest", part.run_dir / "checkpoints", clock, part)
     assert restored == part.run_dir / "checkpoints" / "checkpoint-2"
     assert json.loads(clock.read_text())["attempts_s"] == [5.0]  # the earlier session's time is kept
+    assert driver.StageClock(clock, "a newer digest").attempts() == [5.0]  # and counts under the new digest
     assert store.restore_progress(folder, "d", part.run_dir / "checkpoints", clock) is None  # local is as new
     train_mod.train_on(part, data, fresh_model(smol_tokenizer), smol_tokenizer, callbacks=[keeper])
     a, b = adapter_weights(full.run_dir / "adapter"), adapter_weights(part.run_dir / "adapter")

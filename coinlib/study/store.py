@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal, Optional
 import pandas as pd
 import yaml
 
-from coinlib.core.fileio import atomic_folder
+from coinlib.core.fileio import atomic_folder, atomic_write_text
 from coinlib.core.params import Params
 from coinlib.core.sources import repo_relative
 from coinlib.study.spec import StudySpec
@@ -158,7 +158,9 @@ def restore_progress(folder: Path, digest: str, checkpoints: Path, clock: Path,
     atomic_folder(target, fill)
     if (folder / "study_clock.json").is_file() and not clock.is_file():
         clock.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / "study_clock.json", clock)
+        saved = json.loads((folder / "study_clock.json").read_text(encoding="utf-8"))
+        saved["digest"] = digest  # the settings were judged the same above: their attempts count under this digest
+        atomic_write_text(clock, json.dumps(saved))
     return target
 
 
