@@ -99,17 +99,19 @@ def test_matched_intervals_resample_the_point_and_the_curve_on_the_same_instance
         synthetic_predictions(skill, 1.0, seed).to_parquet(runs / key / stage / "predictions.parquet")
     points = curves.curve_points(spec, "train")
     matched = curves.skill_matched(points, "cit")
-    got = curves.matched_intervals(spec, "train", points, matched, n_boot=200).set_index("arm")
-    assert list(got.index) == ["coin", "coin-l10"] and set(got["metric"]) == {"flip_rate_cal"}
-    assert got.loc["coin", ["diff_low", "diff_high"]].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert got.loc["coin", "resampled"] == 1.0
-    row = matched.set_index(["arm", "metric"]).loc[("coin-l10", "flip_rate_cal")]
-    low, high = got.loc["coin-l10", ["diff_low", "diff_high"]]
-    assert low < row["diff"] < high and 0 < high - low < 0.2
+    got = curves.matched_intervals(spec, "train", points, matched, n_boot=200).set_index(["arm", "metric"])
+    assert sorted(got.index) == [(a, m) for a in ("coin", "coin-l10") for m in ("flip_rate_cal", "margin_rank")]
+    for metric in ("flip_rate_cal", "margin_rank"):
+        assert got.loc[("coin", metric), ["diff_low", "diff_high"]].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+        assert got.loc[("coin", metric), "resampled"] == 1.0
+        diff = matched.set_index(["arm", "metric"]).loc[("coin-l10", metric), "diff"]
+        low, high = got.loc[("coin-l10", metric), ["diff_low", "diff_high"]]
+        assert low < diff < high and 0 < high - low < 0.5  # 40 instances: wide, not degenerate
     # the resamples centre on the point's own metrics; evaluations of other instances are refused
     one = synthetic_predictions(1.0, 1.0, 3)
     boot, point = curves.bootstrap_points({"a": one}, 400)["a"], curves.point_metrics(one)
     assert boot["auc"].mean() == pytest.approx(point["auc"], abs=0.01)
     assert boot["flip_rate_cal"].mean() == pytest.approx(point["flip_rate_cal"], abs=0.01)
+    assert boot["margin_rank"].mean() == pytest.approx(point["margin_rank"], abs=0.01)
     with pytest.raises(ValueError, match="same groups, instructions and instances"):
         curves.bootstrap_points({"a": one, "b": synthetic_predictions(1.0, 1.0, 3, n=30)})

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coinlib.evaluate.compare import _label_free_stats, _task_arrays
-from coinlib.evaluate.metrics import summarize
+from scipy.stats import rankdata
+
+from coinlib.evaluate.compare import CLEAN, _label_free_stats, _task_arrays
+from coinlib.evaluate.metrics import log_odds, summarize
 from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, stop_steps
 from coinlib.study.store import runs_dir
 
@@ -104,15 +106,20 @@ def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
               .reset_index())
 
 
+#: Metrics :func:`bootstrap_points` redraws.
+BOOTSTRAP_METRICS = ("auc", "flip_rate_cal", "margin_rank")
+
+
 def bootstrap_points(frames: dict, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUC and calibrated flip rate of each evaluation in ``frames`` (key -> predictions) over ``n_boot`` instance
-    resamples shared by all of them (paired: the same draws for every key), as ``{key: {metric: [n_boot]}}``;
-    averaged like :func:`point_metrics` (over tasks and groups; the flip rate over the perturbed groups). Calibrated
-    answers keep their full-sample thresholds, as in :func:`coinlib.evaluate.compare.paired_bootstrap`."""
+    """AUC, calibrated flip rate and margin rank correlation of each evaluation in ``frames`` (key -> predictions)
+    over ``n_boot`` instance resamples shared by all of them (paired: the same draws for every key), as ``{key:
+    {metric: [n_boot]}}``; averaged like :func:`point_metrics` (over tasks and groups; the last two over the perturbed
+    groups). Calibrated answers keep their full-sample thresholds, as in
+    :func:`coinlib.evaluate.compare.paired_bootstrap`."""
     first = next(iter(frames.values()))
     tasks, groups = sorted(first["task"].unique()), list(dict.fromkeys(first["group"]))
     rng = np.random.default_rng(seed)
-    per: dict = {k: {"auc": [], "flip_rate_cal": []} for k in frames}
+    per: dict = {k: {m: [] for m in BOOTSTRAP_METRICS} for k in frames}
     for task in tasks:
         arrays = {k: _task_arrays(f[f["task"] == task], groups) for k, f in frames.items()}
         sizes = {k: a["cal_acc"].shape for k, a in arrays.items()}
@@ -120,44 +127,72 @@ def bootstrap_points(frames: dict, n_boot: int = 1000, seed: int = 0) -> dict:
             raise ValueError(f"bootstrap_points: {task} was not evaluated on the same groups, instructions and "
                              f"instances by every point ({sizes}); compare evaluations of one sample")
         n = next(iter(sizes.values()))[-1]
+        idx = rng.integers(0, n, size=(n_boot, n))
         counts = np.zeros((n_boot, n))
-        np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, n, size=(n_boot, n))), 1.0)
+        np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
         for k, a in arrays.items():
             stats = _label_free_stats(a, counts, len(groups))
-            for metric in per[k]:
-                per[k][metric].append(stats[metric])
+            per[k]["auc"].append(stats["auc"])
+            per[k]["flip_rate_cal"].append(stats["flip_rate_cal"])
+            per[k]["margin_rank"].append(_margin_rank_replicates(a, groups, idx))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the clean group has no flip rate
         return {k: {m: np.nanmean(np.nanmean(np.stack(v), axis=0), axis=1) for m, v in d.items()}
                 for k, d in per.items()}
 
 
+def _margin_rank_replicates(arrays: dict, groups: list[str], idx: np.ndarray) -> np.ndarray:
+    """``[replicates, group]`` :func:`coinlib.evaluate.metrics.margin_rank` on the instances ``idx`` ``[replicates,
+    instances]`` draws (a drawn instance counts as often as drawn; ties get average ranks)."""
+    out = np.full((len(idx), len(groups)), np.nan)
+    if CLEAN not in groups:
+        return out
+    clean = groups.index(CLEAN)
+    for gi in range(len(groups)):
+        rhos = []
+        for (g, i), (scores, _) in arrays["auc"].items():
+            if g != gi or gi == clean or (clean, i) not in arrays["auc"]:
+                continue
+            a, b = log_odds(scores), log_odds(arrays["auc"][(clean, i)][0])
+            for k in ([1] if a.shape[1] == 2 else range(a.shape[1])):
+                ra, rb = (rankdata(m[idx, k], axis=1) for m in (a, b))
+                ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rhos.append((ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1)))
+        if rhos:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[:, gi] = np.nanmean(rhos, axis=0)
+    return out
+
+
 def matched_intervals(spec: StudySpec, fmt: str, points: pd.DataFrame, matched: pd.DataFrame, n_boot: int = 1000,
                       level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """For each matched flip-rate row of :func:`skill_matched`: the difference from the reference curve in every
-    paired instance resample (the point and the whole curve redrawn on the same instances, the curve read at the
-    point's resampled AUC), as ``diff_low, diff_high`` (percentile interval) and ``resampled`` (the share of
-    resamples in which the point stayed inside the curve's AUC range, the rest left out)."""
+    """For each matched row of :func:`skill_matched` (flip rate, margin rank): the difference from the reference
+    curve in every paired instance resample (the point and the whole curve redrawn on the same instances, the curve
+    read at the point's resampled AUC), as ``diff_low, diff_high`` (percentile interval) and ``resampled`` (the share
+    of resamples in which the point stayed inside the curve's AUC range, the rest left out)."""
     root, tail = runs_dir(spec), (1 - level) / 2 * 100
     rows = []
-    for _, row in matched[matched["matched"].astype(bool) & (matched["metric"] == "flip_rate_cal")].iterrows():
-        curve = reference_curve(points, spec.reference, row["seed"])
-        here = points[(points["arm"] == row["arm"]) & (points["seed"] == row["seed"]) & (points["step"] == row["step"])]
+    ok_rows = matched[matched["matched"].astype(bool) & matched["metric"].isin(BOOTSTRAP_METRICS)]
+    for (arm, seed_, step), mine in ok_rows.groupby(["arm", "seed", "step"], sort=True):
+        curve = reference_curve(points, spec.reference, seed_)
+        here = points[(points["arm"] == arm) & (points["seed"] == seed_) & (points["step"] == step)]
         frames = {("curve", i): pd.read_parquet(_predictions_path(root, r)) for i, (_, r) in enumerate(curve.iterrows())}
         frames["point"] = pd.read_parquet(_predictions_path(root, here.iloc[0]))
         boot = bootstrap_points(frames, n_boot, seed)
         auc = np.stack([boot[("curve", i)]["auc"] for i in range(len(curve))], axis=1)  # [n_boot, curve point]
-        flip = np.stack([boot[("curve", i)]["flip_rate_cal"] for i in range(len(curve))], axis=1)
-        diffs = np.full(n_boot, np.nan)
-        for b in range(n_boot):
-            order = np.argsort(auc[b], kind="stable")
-            x = boot["point"]["auc"][b]
-            if auc[b].min() <= x <= auc[b].max():
-                diffs[b] = boot["point"]["flip_rate_cal"][b] - np.interp(x, auc[b][order], flip[b][order])
-        ok = diffs[~np.isnan(diffs)]
-        low, high = np.percentile(ok, [tail, 100 - tail]) if len(ok) else (np.nan, np.nan)
-        rows.append(dict(arm=row["arm"], seed=row["seed"], step=row["step"], metric=row["metric"], diff_low=low,
-                         diff_high=high, resampled=len(ok) / n_boot))
+        for metric in mine["metric"]:
+            values = np.stack([boot[("curve", i)][metric] for i in range(len(curve))], axis=1)
+            diffs = np.full(n_boot, np.nan)
+            for b in range(n_boot):
+                order, x = np.argsort(auc[b], kind="stable"), boot["point"]["auc"][b]
+                if auc[b].min() <= x <= auc[b].max():
+                    diffs[b] = boot["point"][metric][b] - np.interp(x, auc[b][order], values[b][order])
+            ok = diffs[~np.isnan(diffs)]
+            low, high = np.percentile(ok, [tail, 100 - tail]) if len(ok) else (np.nan, np.nan)
+            rows.append(dict(arm=arm, seed=seed_, step=step, metric=metric, diff_low=low, diff_high=high,
+                             resampled=len(ok) / n_boot))
     return pd.DataFrame(rows, columns=["arm", "seed", "step", "metric", "diff_low", "diff_high", "resampled"])
 
 

@@ -194,24 +194,37 @@ def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str,
     shown = summary.assign(arm=summary["arm"].map(lambda a: labels.get(a, a)),
                            metric=summary["metric"].map(lambda m: tables.STUDY_METRICS.get(m, m)),
                            mean_diff=(100 * summary["mean_diff"]).round(1))
-    flips = matched[matched["matched"].astype(bool) & (matched["metric"] == "flip_rate_cal")]
-    per_point = pd.DataFrame({
-        "arm": flips["arm"].map(lambda a: labels.get(a, a)), "seed": flips["seed"], "step": flips["step"],
-        "AUC": (100 * flips["auc"]).round(1), "flip rate": (100 * flips["value"]).round(1),
-        f"{name} at that AUC": (100 * flips["at_reference"]).round(1),
-        "difference [95% paired bootstrap]": [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for d, lo, hi in
-                                              zip(flips["diff"], flips["diff_low"], flips["diff_high"])]})
+    per_point = _matched_points(matched, labels, name)
     atomic_write_text(out / f"skill_matched_{fmt}.md",
                       f"# At equal skill, {fmt} format: arm minus {name}\n\n"
                       f"Each trained point of an arm beside the {spec.reference} curve of its seed read at the same "
                       "AUC (linear between its evaluations, base model at step 0; points outside its AUC range, and "
                       "seeds whose reference has no part-way evaluations, are left out). mean_diff in points; above: "
                       "points above the reference.\n\n" + tables.to_markdown(shown)
-                      + "\n\n## Calibrated flip rate, point by point\n\nThe interval redraws the instances "
+                      + "\n\n## Point by point\n\nThe interval redraws the instances "
                       f"({int(points['n_instances'].min())} per task; {spec.n_boot} paired resamples: the point and the whole {name} curve on the same instances, "
                       "the curve read at the point's resampled AUC; calibration thresholds fixed); it covers instance "
                       "sampling, not seeds.\n\n" + tables.to_markdown(per_point))
     return {"points": points, "matched": matched, "summary": summary}
+
+
+def _matched_points(matched: pd.DataFrame, labels: dict[str, str], reference: str) -> pd.DataFrame:
+    """One row per matched point: its AUC, and per metric its value, the reference's at that AUC and the difference
+    with its interval (points)."""
+    from coinlib.results import tables
+
+    rows = []
+    ok = matched[matched["matched"].astype(bool)]
+    for (arm, seed, step), mine in ok.groupby(["arm", "seed", "step"], sort=False):
+        row = {"arm": labels.get(arm, arm), "seed": seed, "step": step, "AUC": round(100 * mine["auc"].iloc[0], 1)}
+        for _, r in mine.iterrows():
+            metric = tables.STUDY_METRICS.get(r["metric"], r["metric"])
+            row[metric] = round(100 * r["value"], 1)
+            row[f"{metric}: {reference} at that AUC"] = round(100 * r["at_reference"], 1)
+            row[f"{metric}: difference [95%]"] = (f"{100 * r['diff']:+.1f} [{100 * r['diff_low']:+.1f}, "
+                                                  f"{100 * r['diff_high']:+.1f}]")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _remove_outputs(out: Path, stem: str) -> None:
