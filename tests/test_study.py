@@ -646,6 +646,18 @@ def test_evaluation_variants_are_stages_of_their_own(tmp_path, monkeypatch):
     assert all(not driver.Driver(spec).pending(p) for p in plans.values())
 
 
+def test_no_variants_runs_everything_but_the_evaluation_variants(tmp_path, monkeypatch, capsys):
+    fakes = Fakes()
+    spec = _fake_study(tmp_path, monkeypatch, fakes, seeds=[0], eval_variants={"all": {"evaluate": {"n_per_task": 872}}})
+    assert cli.main([spec.source, "--no-variants", "--no-base"]) == 0
+    done = tmp_path / "committed" / "st" / "runs" / "coin-s0"
+    assert sorted(p.name for p in done.iterdir()) == ["eval-paper", "eval-train", "train"]
+    capsys.readouterr()
+    assert cli.main([spec.source, "--plan", "--no-base"]) == 0  # the variants are still to do, nothing else
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("to do: ")[1].split(" (")[0] for line in lines[:2]] == ["eval-train-all, eval-paper-all"] * 2
+
+
 def test_plan_scales_part_way_and_variant_evaluations_from_the_main_one(tmp_path):
     recipe = _recipe(tmp_path, train={"max_steps": 8}, evaluate={"n_per_task": 100})
     spec = study_spec.load_spec(_write_spec(tmp_path, recipe, checkpoints={"at": [0.5], "evaluate": {"n_per_task": 50}},

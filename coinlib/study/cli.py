@@ -87,6 +87,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the spec's)")
     ap.add_argument("--formats", nargs="+", choices=FORMATS, help="subset of the input formats")
     ap.add_argument("--no-base", action="store_true", help="skip the base-model evaluation")
+    ap.add_argument("--no-variants", action="store_true", help="skip the evaluation variants (eval_variants)")
     ap.add_argument("--base-only", action="store_true", help="only the base-model evaluation")
     ap.add_argument("--ignore-gate", action="store_true", help="run everything even if the pilot misses the gate")
     ap.add_argument("--replace-stale", action="store_true", help="redo stages committed with other settings")
@@ -97,6 +98,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
         spec = load_spec(args.spec, args.sets)
+        if args.no_variants:  # this time only: the variants' stages stay to do, nothing else changes
+            spec = spec.model_copy(update={"eval_variants": {}})
         base = False if args.no_base else (True if args.base_only else None)
         if args.print_params:
             key, _, fmt = args.print_params.partition(":")
