@@ -484,8 +484,9 @@ def _arm_colors(arms: list[str]) -> dict[str, str]:
 def plot_metric_curves(points: pd.DataFrame, labels: dict[str, str] | None = None,
                        metrics: tuple[str, ...] = ("auc", "cal_acc", "flip_rate_cal", "margin_rank")) -> plt.Figure:
     """Metrics against the training step for one input format: each seed's run as a thin line from the base model
-    (step 0) through its part-way evaluations, the mean over seeds per arm and step as a thick line, at the steps
-    every seed of the arm has (so a mean never mixes seeds with one seed) (``points``: rows of :func:`coinlib.study.curves.curve_points`)."""
+    (step 0) through its part-way evaluations, the mean over seeds per arm and step as a thick line at the steps
+    every seed of the arm has, so a mean never mixes seeds with one seed (``points``: rows of
+    :func:`coinlib.study.curves.curve_points`)."""
     use_style()
     labels = labels or {}
     base = points[points["arm"] == "base"]
@@ -504,8 +505,8 @@ def plot_metric_curves(points: pd.DataFrame, labels: dict[str, str] | None = Non
         ax.set_xlabel("optimizer step (0 = base model)")
         ax.set_title(STUDY_METRICS.get(metric, metric), fontsize=10)
     np.atleast_1d(axes)[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    fig.suptitle("metrics along training (thin: one seed; thick: mean over seeds, at steps all seeds have); flip rate and rank correlation "
-                 "over the perturbed groups")
+    fig.suptitle("metrics along training (thin: one seed; thick: mean over seeds, at steps all seeds have); "
+                 "flip rate and rank correlation over the perturbed groups")
     fig.tight_layout()
     return fig
 

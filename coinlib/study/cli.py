@@ -52,12 +52,14 @@ def stage_estimate(typical: dict[str, float], plan, stage: str,
     A training with committed progress (``progress``, :func:`training_progress`) counts only its steps left, at
     the median time per step of the committed trainings or, when none is committed, of its own progress; one not
     started while none is committed goes at the median pace of the others' progress."""
-    if stage == "train" and progress and "train" not in typical and plan.train.train.max_steps > 0:
+    steps = plan.train.train.max_steps if stage == "train" else 0  # the base model has no training
+    if progress and steps > 0:
         done, spent = progress.get(plan.key, (0, 0.0))
-        pace = spent / done if done else statistics.median(s / d for d, s in progress.values())
-        return pace * max(plan.train.train.max_steps - done, 0)
-    if stage == "train" and progress and plan.key in progress and plan.train.train.max_steps > 0:
-        return typical["train"] * (1 - progress[plan.key][0] / plan.train.train.max_steps)
+        if "train" in typical:
+            pace = typical["train"] / steps
+        else:
+            pace = spent / done if done else statistics.median(s / d for d, s in progress.values())
+        return pace * max(steps - done, 0)
     if stage in typical:
         return typical[stage]
     if stage in plan.checkpoint_stages():
@@ -127,8 +129,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                 left, unknown = left + sum(needs), unknown + needs.count(0.0)
                 print(f"{name:16s} {'done' if not todo else 'to do: ' + ', '.join(todo)}{_estimate_note(needs)}")
             if left:
-                print(f"time left: {'at least' if unknown else 'about'} {left / 3600:.1f} h (the median wall time of each committed stage kind, "
-                      "on the machines that made them; a long training: its steps left at the pace of the committed progress)")
+                print(f"time left: {'at least' if unknown else 'about'} {left / 3600:.1f} h (the median wall time of "
+                      "each committed stage kind, on the machines that made them; a long training: its steps left "
+                      "at the pace of the committed progress)")
             return 0
         status = 0
         if not args.report:

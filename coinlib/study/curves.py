@@ -5,7 +5,7 @@ its final evaluation (``eval-<format>``), all on the same sample. A weaker model
 threshold, so a flip rate says little about instruction sensitivity until the models compared are equally skilled:
 :func:`skill_matched` reads each reference curve (CIT, seed by seed) at the AUC of every other run's point, so an arm
 is compared with the reference *when the reference was as good as it*. :func:`matched_intervals` gives each
-matched flip-rate difference a paired instance-bootstrap interval (every point resampled on the same instances).
+matched difference a paired instance-bootstrap interval (every point resampled on the same instances).
 """
 
 from __future__ import annotations
@@ -96,10 +96,15 @@ def skill_matched(points: pd.DataFrame, reference: str, metrics: tuple[str, ...]
     return pd.DataFrame(rows, columns=columns)
 
 
+def matched_only(matched: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`skill_matched` that were matched."""
+    return matched[matched["matched"].astype(bool)]  # an empty column is of object dtype: not a mask
+
+
 def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
     """Per arm and metric over the matched points: their number, seeds, mean difference from the reference at equal
     AUC, and how many points lie above it."""
-    ok = matched[matched["matched"].astype(bool)]  # an empty column is of object dtype: not a mask
+    ok = matched_only(matched)
     return (ok.groupby(["arm", "metric"], sort=True)
               .agg(points=("diff", "size"), seeds=("seed", "nunique"), mean_diff=("diff", "mean"),
                    above=("diff", lambda d: int((d > 0).sum())))
@@ -171,27 +176,32 @@ def matched_intervals(spec: StudySpec, fmt: str, points: pd.DataFrame, matched: 
     """For each matched row of :func:`skill_matched` (flip rate, margin rank): the difference from the reference
     curve in every paired instance resample (the point and the whole curve redrawn on the same instances, the curve
     read at the point's resampled AUC), as ``diff_low, diff_high`` (percentile interval) and ``resampled`` (the share
-    of resamples in which the point stayed inside the curve's AUC range, the rest left out)."""
+    of resamples in which the point stayed inside the curve's AUC range, the rest left out). Each seed's curve and
+    points are read and redrawn once."""
     root, tail = runs_dir(spec), (1 - level) / 2 * 100
     rows = []
-    ok_rows = matched[matched["matched"].astype(bool) & matched["metric"].isin(BOOTSTRAP_METRICS)]
-    for (arm, seed_, step), mine in ok_rows.groupby(["arm", "seed", "step"], sort=True):
+    ok_rows = matched_only(matched)
+    ok_rows = ok_rows[ok_rows["metric"].isin(BOOTSTRAP_METRICS)]
+    for seed_, of_seed in ok_rows.groupby("seed", sort=True):
         curve = reference_curve(points, spec.reference, seed_)
-        here = points[(points["arm"] == arm) & (points["seed"] == seed_) & (points["step"] == step)]
+        keys = sorted(set(zip(of_seed["arm"], of_seed["step"])))
         frames = {("curve", i): pd.read_parquet(_predictions_path(root, r)) for i, (_, r) in enumerate(curve.iterrows())}
-        frames["point"] = pd.read_parquet(_predictions_path(root, here.iloc[0]))
+        for arm, step in keys:
+            here = points[(points["arm"] == arm) & (points["seed"] == seed_) & (points["step"] == step)]
+            frames[(arm, step)] = pd.read_parquet(_predictions_path(root, here.iloc[0]))
         boot = bootstrap_points(frames, n_boot, seed)
         auc = np.stack([boot[("curve", i)]["auc"] for i in range(len(curve))], axis=1)  # [n_boot, curve point]
-        for metric in mine["metric"]:
+        order = np.argsort(auc, axis=1, kind="stable")
+        for _, r in of_seed.iterrows():
+            point, metric = boot[(r["arm"], r["step"])], r["metric"]
             values = np.stack([boot[("curve", i)][metric] for i in range(len(curve))], axis=1)
             diffs = np.full(n_boot, np.nan)
             for b in range(n_boot):
-                order, x = np.argsort(auc[b], kind="stable"), boot["point"]["auc"][b]
-                if auc[b].min() <= x <= auc[b].max():
-                    diffs[b] = boot["point"][metric][b] - np.interp(x, auc[b][order], values[b][order])
+                if auc[b].min() <= point["auc"][b] <= auc[b].max():
+                    diffs[b] = point[metric][b] - np.interp(point["auc"][b], auc[b][order[b]], values[b][order[b]])
             ok = diffs[~np.isnan(diffs)]
             low, high = np.percentile(ok, [tail, 100 - tail]) if len(ok) else (np.nan, np.nan)
-            rows.append(dict(arm=arm, seed=seed_, step=step, metric=metric, diff_low=low, diff_high=high,
+            rows.append(dict(arm=r["arm"], seed=seed_, step=r["step"], metric=metric, diff_low=low, diff_high=high,
                              resampled=len(ok) / n_boot))
     return pd.DataFrame(rows, columns=["arm", "seed", "step", "metric", "diff_low", "diff_high", "resampled"])
 

@@ -202,9 +202,9 @@ def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str,
                       "seeds whose reference has no part-way evaluations, are left out). mean_diff in points; above: "
                       "points above the reference.\n\n" + tables.to_markdown(shown)
                       + "\n\n## Point by point\n\nThe interval redraws the instances "
-                      f"({int(points['n_instances'].min())} per task; {spec.n_boot} paired resamples: the point and the whole {name} curve on the same instances, "
-                      "the curve read at the point's resampled AUC; calibration thresholds fixed); it covers instance "
-                      "sampling, not seeds.\n\n" + tables.to_markdown(per_point))
+                      f"({int(points['n_instances'].min())} per task; {spec.n_boot} paired resamples: the point and "
+                      f"the whole {name} curve on the same instances, the curve read at the point's resampled AUC; "
+                      "calibration thresholds fixed); it covers instance sampling, not seeds.\n\n" + tables.to_markdown(per_point))
     return {"points": points, "matched": matched, "summary": summary}
 
 
@@ -214,8 +214,7 @@ def _matched_points(matched: pd.DataFrame, labels: dict[str, str], reference: st
     from coinlib.results import tables
 
     rows = []
-    ok = matched[matched["matched"].astype(bool)]
-    for (arm, seed, step), mine in ok.groupby(["arm", "seed", "step"], sort=False):
+    for (arm, seed, step), mine in curves.matched_only(matched).groupby(["arm", "seed", "step"], sort=False):
         row = {"arm": labels.get(arm, arm), "seed": seed, "step": step, "AUC": round(100 * mine["auc"].iloc[0], 1)}
         for _, r in mine.iterrows():
             metric = tables.STUDY_METRICS.get(r["metric"], r["metric"])
