@@ -15,13 +15,15 @@ Sections, all through the project's own functions (``coinlib.core.models``, ``co
                  against the plain greedy loop.
   runner         ``run_evaluation`` sharded over 2 ranks, run one after the other in this process (the model
                  loaded by ``load_model`` onto ``cuda:{LOCAL_RANK}``); merged predictions equal direct scoring.
-  train_<v>      LLaMA-7B shapes: one COIN and one CIT optimizer step of the paper recipe (2 pairs per
-                 micro-batch, cutoff 256, LoRA r16 q/k/v/o) through ``prepare_model`` + ``CoinTrainer``, for
-                 v = fp16 (fp16 weights, fp16 autocast), bf16, nf4 (4-bit NF4 QLoRA via ``load_model`` and
-                 ``prepare_model_for_kbit_training``), nf4_gc (the same with gradient checkpointing). Peak memory
-                 is torch.cuda.max_memory_allocated over both steps, the first of which is padded to the cutoff
-                 (worst case); seconds per optimizer step at batch 64 = the second step's time per micro-step x 32;
-                 projected: one epoch (813 steps) and the Table 4 sweep (6 COIN lambdas + CIT).
+  train_<v>      LLaMA-7B shapes: COIN and CIT optimizer steps of the paper recipe (2 pairs per micro-batch,
+                 cutoff 256, LoRA r16 q/k/v/o) through ``prepare_model`` + ``CoinTrainer``, for v = fp16 (fp16
+                 weights, fp16 autocast), bf16, nf4 (4-bit NF4 QLoRA via ``load_model`` and
+                 ``prepare_model_for_kbit_training``), nf4_gc (the same with gradient checkpointing); smol_fp32
+                 and smol_bf16 do the same with SmolLM2-135M shapes (params/paper-smollm2.yaml). Peak memory is
+                 torch.cuda.max_memory_allocated over all steps, the first of which is padded to the cutoff
+                 (worst case) and left out of the timing; seconds per optimizer step at batch 64 = the median of
+                 the next TIMED_STEPS steps per micro-step x 32 (their range beside it); projected: one epoch
+                 (781 steps) and the Table 4 sweep (6 COIN lambdas + CIT).
   eval_7b        LLaMA-7B shapes in fp16: ``rank`` and ``generate`` instances/s, and the projected evaluation of
                  3 models x 10 tasks x 30 instructions x 300 instances.
 Training data are synthetic token ids (lengths drawn around the FLAN set's ~115 tokens per sequence); evaluation
@@ -38,6 +40,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -56,7 +59,9 @@ if str(REPO) not in sys.path:
 from coinlib.core.fileio import atomic_write_text  # noqa: E402
 
 EPOCH_ENTRIES, BATCH, MICRO_PAIRS, CUTOFF = 52_002, 64, 2, 256
-EPOCH_STEPS = math.ceil(EPOCH_ENTRIES / BATCH)  # 813
+HELD_OUT = 2_000  # validation entries the reference code holds out of training
+EPOCH_STEPS = (EPOCH_ENTRIES - HELD_OUT) // BATCH  # 781 optimizer steps in the paper's one epoch
+TIMED_STEPS = 3  # optimizer steps timed after the first (warm-up, padded to the cutoff); the median is reported
 SWEEP = {"COIN": 6, "CIT": 1}  # Table 4: lambda 1 .. 1e8 (COIN) and the CIT baseline, one epoch each
 EVAL_INSTANCES = 3 * 10 * 30 * 300  # 3 models x 10 GLUE sets x 30 instructions x 300 instances (upper bound)
 GIB = 2 ** 30
@@ -77,10 +82,13 @@ VARIANTS = {
     "nf4_gc": ("float16", True, True, "fp16"),
     "bf16": ("bfloat16", False, False, "bf16"),
     "nf4": ("float16", True, False, "fp16"),
+    "smol_fp32": ("float32", False, False, "no"),  # SmolLM2-135M shapes (params/paper-smollm2.yaml's model)
+    "smol_bf16": ("bfloat16", False, False, "bf16"),
 }
 #: On CPU fp16 autocast does not exist (the project refuses it) and 4-bit computes in fp32.
 CPU_VARIANTS = {"fp16": None, "nf4_gc": ("float32", True, True, "no"), "bf16": ("bfloat16", False, False, "bf16"),
-                "nf4": ("float32", True, False, "no")}
+                "nf4": ("float32", True, False, "no"), "smol_fp32": ("float32", False, False, "no"),
+                "smol_bf16": ("bfloat16", False, False, "bf16")}
 
 WORDS = ("the a film movie plot actor story was is not very quite rather good bad dull great awful charming slow "
          "moving funny long short man woman child city river house car dog cat plays reads runs sleeps eats "
@@ -245,18 +253,18 @@ def synthetic_entries(n: int, vocab: int, seed: int, worst_first: bool) -> Entri
 
 # ------------------------------------------------------------------------------------------------ training
 def recipe_params(check: Check, name: str, dtype: str, four_bit: bool, gc_on: bool, mp: str, contrastive: bool,
-                  model_name: str, micro_steps: int):
+                  model_name: str, micro_steps: int, steps: int):
     """The paper recipe (``params/paper-alpaca7b.yaml``) with this variant's model and precision settings.
 
     The adapter is a fresh LoRA of the recipe's shape (alpaca-lora-7b cannot travel); the effective batch is
-    ``micro_steps`` micro-batches (the timing is scaled to 64), and two optimizer steps are run.
+    ``micro_steps`` micro-batches (the timing is scaled to 64), and ``steps`` optimizer steps are run.
     """
     from coinlib.core.params import PARAMS_DIR, load_params
 
     P = load_params(PARAMS_DIR / "paper-alpaca7b.yaml")
     model = P.model.model_copy(update=dict(name=model_name, dtype=dtype, load_in_4bit=four_bit, adapter=None,
                                            gradient_checkpointing=gc_on))
-    train = P.train.model_copy(update=dict(contrastive=contrastive, mixed_precision=mp, max_steps=2,
+    train = P.train.model_copy(update=dict(contrastive=contrastive, mixed_precision=mp, max_steps=steps,
                                            batch_size=MICRO_PAIRS * micro_steps, save_steps=10 ** 6,
                                            logging_steps=10 ** 6, report_to=[]))
     run = P.run.model_copy(update=dict(name=name, output_root=str(check.workdir / "runs")))
@@ -285,7 +293,8 @@ def _timer_callback(check: Check):
 
 
 def train_steps(check: Check, P, model, tok, entries: Entries, micro_steps: int):
-    """Two optimizer steps of ``CoinTrainer`` as ``train_on`` builds it; returns (timings and memory, model, tok).
+    """``P.train.max_steps`` optimizer steps of ``CoinTrainer`` as ``train_on`` builds it; the first is warm-up,
+    the median of the others is the step time. Returns (timings and memory, model, tok).
 
     ``model`` None loads ``P.model`` through ``prepare_model`` (``load_model``, then LoRA / k-bit preparation).
     """
@@ -302,22 +311,24 @@ def train_steps(check: Check, P, model, tok, entries: Entries, micro_steps: int)
     trainer = CoinTrainer(model=model, args=args, train_dataset=entries, processing_class=tok,
                           data_collator=PairCollator(tok, negatives=negatives), callbacks=[timer], coin=t)
     trainer.train()
-    ends = timer.ends
-    if len(ends) != 2:
-        raise RuntimeError(f"expected 2 optimizer steps, the trainer ran {len(ends)}")
-    step2 = ends[1] - ends[0]
+    ends, steps = timer.ends, P.train.max_steps
+    if len(ends) != steps:
+        raise RuntimeError(f"expected {steps} optimizer steps, the trainer ran {len(ends)}")
+    durations = [b - a for a, b in zip(ends, ends[1:])]  # steps 2..n; step 1 (warm-up) is left out
     collate = PairCollator(tok, negatives=negatives)
-    second = [entries[i] for i in range(MICRO_PAIRS * micro_steps, 2 * MICRO_PAIRS * micro_steps)]
-    shapes = [collate(second[j:j + MICRO_PAIRS])["input_ids"].shape for j in range(0, len(second), MICRO_PAIRS)]
+    timed = [entries[i] for i in range(MICRO_PAIRS * micro_steps, steps * MICRO_PAIRS * micro_steps)]
+    shapes = [collate(timed[j:j + MICRO_PAIRS])["input_ids"].shape for j in range(0, len(timed), MICRO_PAIRS)]
     padded = sum(r * c for r, c in shapes)
-    per_micro = step2 / micro_steps
+    scale = BATCH // MICRO_PAIRS / micro_steps  # micro-steps of a batch-64 step per micro-step timed
+    per_micro = statistics.median(durations) / micro_steps
     per_step = per_micro * (BATCH // MICRO_PAIRS)
     losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
     out = {
         "peak_gib": peak(check), "first_step_s": round(ends[0] - timer.begin, 2),
         "s_per_micro_step": round(per_micro, 4), "s_per_step_b64": round(per_step, 2),
         "epoch_h": round(per_step * EPOCH_STEPS / 3600, 2), "sequences_per_micro_step": shapes[0][0],
-        "padded_tokens_per_s": round(padded / step2), "train_loss": losses[-1] if losses else None,
+        "s_per_step_b64_range": [round(min(durations) * scale, 2), round(max(durations) * scale, 2)],
+        "timed_steps": len(durations), "padded_tokens_per_s": round(padded / sum(durations)), "train_loss": losses[-1] if losses else None,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     del trainer
@@ -332,8 +343,10 @@ def section_train(check: Check, variant: str, folder_holder: dict[str, Path]):
             rec["reason"] = "fp16 mixed precision needs CUDA (coinlib refuses it on CPU)"
             return
         dtype, four_bit, gc_on, mp = spec
-        shape = "tiny7b" if check.cpu_smoke else "llama7b"
-        micro_steps = 2 if check.cpu_smoke else 4
+        small = variant.startswith("smol")
+        shape = {(False, True): "tiny7b", (False, False): "llama7b", (True, True): "tinysmol",
+                 (True, False): "smollm2"}[small, check.cpu_smoke]
+        micro_steps = 2 if check.cpu_smoke else 8 if small else 4  # a small model's step needs more to time
         rec.update(shape=shape, dtype=dtype, load_in_4bit=four_bit, gradient_checkpointing=gc_on,
                    mixed_precision=mp, micro_steps_timed=micro_steps)
         tok = check.tokenizer
@@ -353,8 +366,9 @@ def section_train(check: Check, variant: str, folder_holder: dict[str, Path]):
         for mode, contrastive in (("COIN", True), ("CIT", False)):
             try:
                 P = recipe_params(check, f"{variant}-{mode}", dtype, four_bit, gc_on, mp, contrastive,
-                                  str(folder_holder.get("fp16", "unused")), micro_steps)
-                entries = synthetic_entries(4 * micro_steps, vocab, seed=1, worst_first=True)
+                                  str(folder_holder.get("fp16", "unused")), micro_steps, 1 + TIMED_STEPS)
+                entries = synthetic_entries(MICRO_PAIRS * micro_steps * (1 + TIMED_STEPS), vocab, seed=1,
+                                            worst_first=True)
                 rec[mode], model, model_tok = train_steps(check, P, model, model_tok, entries, micro_steps)
             except Exception as exc:  # noqa: BLE001 - the other mode still runs
                 rec[mode] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}",
@@ -600,8 +614,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# GPU check ({'CPU smoke' if m['cpu_smoke'] else m['device_name']})", "",
              f"{m['date']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) +
              f"; {m['elapsed_s']} s of a {m['budget_s']} s budget.", "",
-             "## Training: one optimizer step of the paper recipe (random weights)", "",
-             "| variant | mode | peak GiB | s / micro-step | s / step at batch 64 | epoch (813 steps), h | "
+             "## Training: optimizer steps of the paper recipe (random weights)", "",
+             "| variant | mode | peak GiB | s / micro-step | s / step at batch 64 (range) | epoch (781 steps), h | "
              "Table 4 sweep, h | status |", "|---|---|---|---|---|---|---|---|"]
     for name, rec in s.items():
         if not name.startswith("train_"):
@@ -610,7 +624,8 @@ def markdown(doc: dict[str, Any]) -> str:
             r = rec.get(mode, {})
             status = r.get("error") or rec.get("reason") or rec.get("error") or rec["status"]
             lines.append(f"| {name[6:]} | {mode} | {r.get('peak_gib', '-')} | {r.get('s_per_micro_step', '-')} | "
-                         f"{r.get('s_per_step_b64', '-')} | {r.get('epoch_h', '-')} | "
+                         f"{r.get('s_per_step_b64', '-')} {tuple(r['s_per_step_b64_range']) if 's_per_step_b64_range' in r else ''} | "
+                         f"{r.get('epoch_h', '-')} | "
                          f"{rec.get('sweep_h', '-') if mode == 'COIN' else ''} | {str(status)[:80]} |")
     lines += ["", "## Evaluation", "", "| section | instances/s | other | status |", "|---|---|---|---|"]
     for name in ("smollm2", "eval_7b", "runner"):
@@ -652,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
             ("train_nf4_gc", 2 if big else 60, section_train(check, "nf4_gc", folders)),
             ("train_bf16", 2 if big else 35, section_train(check, "bf16", folders)),
             ("train_nf4", 2 if big else 50, section_train(check, "nf4", folders)),
+            ("train_smol_fp32", 2 if big else 15, section_train(check, "smol_fp32", folders)),
+            ("train_smol_bf16", 2 if big else 15, section_train(check, "smol_bf16", folders)),
             ("eval_7b", 2 if big else 30, section_eval7b(check))]
     def write_report() -> dict[str, Any]:
         meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu_smoke": args.cpu_smoke,

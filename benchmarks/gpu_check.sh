@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # typing_extensions (pydantic needs >= 4.16) and regex (transformers' floor).
 PINNED="bitsandbytes peft transformers pydantic pydantic_core annotated-types typing-inspection typing_extensions regex"
 LIMIT_MIB=64
-RUN_TIMEOUT_S=360   # the check's own budget is 300 s; two runs plus a machine start fit in 15 minutes
+RUN_TIMEOUT_S=390   # the check's own budget is 330 s; a machine start and the run fit in 9 minutes of the 15
 
 pin() {  # exact pin of $1 in constraints.txt (names compared with - and _ alike)
     local want="${1//_/-}" name
@@ -67,7 +67,12 @@ EOF
     du -sh .whl .gpucheck
     printf 'travels: %.1f MiB (code %.1f MiB + wheels and tokenizer %.1f MiB) of %d MiB\n' \
         "$(bc -l <<< "$total/1048576")" "$(bc -l <<< "$tracked/1048576")" "$(bc -l <<< "$extra/1048576")" "$LIMIT_MIB"
-    if (( total > LIMIT_MIB * 1048576 )); then echo "over the $LIMIT_MIB MiB limit" >&2; exit 1; fi
+    if (( total > LIMIT_MIB * 1048576 )); then
+        # committed study progress (optimizer state) is the usual bulk: move it out of the tree during the call
+        echo "over the $LIMIT_MIB MiB limit; the largest tracked files:" >&2
+        git ls-files -z | du -b --files0-from=- | sort -rn | head -5 >&2
+        exit 1
+    fi
     echo "device tool: carry [.whl, .gpucheck], command 'bash benchmarks/gpu_check.sh run \$OUT', timeout_s $((RUN_TIMEOUT_S + 60))"
 }
 
@@ -77,7 +82,7 @@ run() {
     python3 -m pip install -q --no-index --find-links .whl --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site -r .whl/requirements.txt
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-    timeout "$RUN_TIMEOUT_S" python3 benchmarks/gpu_check.py "$out" --tokenizer .gpucheck/tokenizer --budget 300
+    timeout "$RUN_TIMEOUT_S" python3 benchmarks/gpu_check.py "$out" --tokenizer .gpucheck/tokenizer --budget 330
 }
 
 case "${1:-}" in

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-SECTIONS = ["smollm2", "runner", "train_fp16", "train_nf4_gc", "train_bf16", "train_nf4", "eval_7b"]
+SECTIONS = ["smollm2", "runner", "train_fp16", "train_nf4_gc", "train_bf16", "train_nf4", "train_smol_fp32",
+            "train_smol_bf16", "eval_7b"]
+TRAINED = ("nf4_gc", "bf16", "nf4", "smol_fp32", "smol_bf16")
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +37,18 @@ def test_cpu_smoke_runs_every_section(smoke):
     assert status == {**{k: "ok" for k in SECTIONS}, "train_fp16": "skipped"}, doc["sections"]
     assert "needs CUDA" in doc["sections"]["train_fp16"]["reason"]
     assert doc["meta"]["cpu_smoke"] is True and doc["meta"]["versions"]["torch"]
-    assert doc["meta"]["recipe"]["epoch_steps"] == 813  # ceil(52,002 / 64)
+    assert doc["meta"]["recipe"]["epoch_steps"] == 781  # (52,002 - 2,000 held out) // 64
 
 
 def test_cpu_smoke_equality_and_path_checks_pass(smoke):
     _, doc, _ = smoke
     expected = {"smollm2_generate_equals_one_at_a_time", "smollm2_rank_equals_separate_scoring",
                 "runner_two_shards_merged_equal_direct", "runner_model_on_expected_device"}
-    for v, gc in (("nf4_gc", True), ("bf16", False), ("nf4", False)):
+    for v in TRAINED:
         expected.add(f"train_{v}_coin_and_cit_steps_finite")
         if v.startswith("nf4"):
             expected.add(f"train_{v}_4bit_linear_layers")
-        if gc:
+        if v == "nf4_gc":
             expected.add(f"train_{v}_gradient_checkpointing_on")
     assert set(doc["checks"]) == expected
     assert all(doc["checks"].values()), doc["checks"]
@@ -59,22 +61,27 @@ def test_cpu_smoke_equality_and_path_checks_pass(smoke):
 
 def test_projections_follow_the_recipe_arithmetic(smoke):
     _, doc, _ = smoke
-    for name in ("train_nf4_gc", "train_bf16", "train_nf4"):
-        rec = doc["sections"][name]
+    for v in TRAINED:
+        rec = doc["sections"][f"train_{v}"]
         for mode, rows in (("COIN", 6), ("CIT", 4)):  # 2 pairs x (original, positive[, negative])
             r = rec[mode]
             assert r["sequences_per_micro_step"] == rows
             assert r["s_per_step_b64"] == pytest.approx(r["s_per_micro_step"] * 32, abs=0.01)  # 64 / 2 pairs
-            assert r["epoch_h"] == pytest.approx(r["s_per_step_b64"] * 813 / 3600, abs=0.01)
-            assert r["trainable_params"] == 2 * 4 * 2 * 16 * 64  # layers x q/k/v/o x (A + B) x r x hidden
-        sweep = (6 * rec["COIN"]["s_per_step_b64"] + rec["CIT"]["s_per_step_b64"]) * 813 / 3600
+            assert r["timed_steps"] == 3  # the warm-up step is left out
+            lo, hi = r["s_per_step_b64_range"]
+            assert lo - 0.01 <= r["s_per_step_b64"] <= hi + 0.01  # the median lies inside the timed range
+            assert r["epoch_h"] == pytest.approx(r["s_per_step_b64"] * 781 / 3600, abs=0.01)
+            kv = 64 // 4 * (4 if v[0] == "n" or v == "bf16" else 2)  # tiny7b: 4 kv heads; tinysmol: 2 of 16 dims
+            # layers x (q and o: r x (hidden + hidden); k and v: r x (hidden + kv width))
+            assert r["trainable_params"] == 2 * 16 * (2 * (64 + 64) + 2 * (64 + kv))
+        sweep = (6 * rec["COIN"]["s_per_step_b64"] + rec["CIT"]["s_per_step_b64"]) * 781 / 3600
         assert rec["sweep_h"] == pytest.approx(sweep, abs=0.1)
 
 
 def test_markdown_has_a_row_per_variant_and_mode(smoke):
     _, doc, md = smoke
     assert md.startswith("# GPU check (CPU smoke)")
-    for v in ("fp16", "nf4_gc", "bf16", "nf4"):
+    for v in ("fp16",) + TRAINED:
         for mode in ("COIN", "CIT"):
             assert f"| {v} | {mode} |" in md
     assert all(f"- {k}: PASS" in md for k in doc["checks"])
