@@ -545,7 +545,7 @@ def test_dry_run_on_the_tiny_model_commits_the_layout_and_the_report(tmp_path, t
                                                                       ("train", 1)]
     assert (written["across"]["n_seeds"] == 2).all()
     for name in ("study_runs.csv", "study_per_seed.csv", "study_across_seeds.csv", "study.md",
-                 "seed_differences_train.png", "seed_differences_paper.pdf"):
+                 "seed_differences_train.png", "seed_differences_paper.pdf", "training_losses.png", "training_losses.csv"):
         assert (root / name).is_file(), name
     assert "COIN − CIT, paper format: average over groups" in (root / "study.md").read_text()
 
@@ -708,3 +708,30 @@ def test_table3_layout_from_the_committed_sentiment_runs():
     assert list(dict.fromkeys(sections["paired"]["comparison"])) == ["COIN - CIT", "CIT - base", "COIN - base"]
     assert list(sections["tasks"]["task"]) == ["sst2"]
     assert report.paper_sections(spec.model_copy(update={"seeds": [7]}), "train") == {}  # nothing committed
+
+
+def test_training_logs_take_finished_logs_and_committed_progress_and_the_figure_names_every_arm(tmp_path):
+    from coinlib.results import plots
+
+    spec = study_spec.load_spec(_write_spec(tmp_path, _recipe(tmp_path)))
+    finished = store.stage_dir(spec, "cit-s0", "train")
+    finished.mkdir(parents=True)
+    pd.DataFrame({"step": [5, 10], "loss": [3.0, 2.0], "loss_ent": [3.0, 2.0], "loss_ctr": [None, None]}).to_csv(
+        finished / "train_log.csv", index=False)
+    part_way = store.stage_dir(spec, "coin-s1", store.PROGRESS)
+    part_way.mkdir(parents=True)
+    history = [{"step": 10, "loss": 9.0, "loss_ent": 4.0, "loss_ctr": 0.5},
+               {"step": 20, "loss": 8.0, "loss_ent": 3.5, "loss_ctr": 0.4}, {"step": 20, "train_loss": 8.5}]
+    (part_way / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    (store.runs_dir(spec) / "base").mkdir()  # no training: not a row
+    logs = report.training_logs(spec)
+    assert list(logs.columns) == ["run", "arm", "seed", "finished", "step", "loss_ent", "loss_ctr"]
+    assert logs.groupby("run")["step"].apply(list).to_dict() == {"cit-s0": [5, 10], "coin-s1": [10, 20]}
+    coin = logs[logs.run == "coin-s1"]
+    assert coin["arm"].eq("coin").all() and coin["seed"].eq(1).all() and not coin["finished"].any()
+    assert coin["loss_ent"].tolist() == [4.0, 3.5] and logs.loc[logs.run == "cit-s0", "loss_ctr"].isna().all()
+    fig = plots.plot_training_losses(logs, {"cit": "CIT", "coin": "COIN"})
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["L_ent (generation)", "L_ctr (InfoNCE)"]
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["CIT", "COIN"]  # CIT has no L_ctr line
+    assert fig.axes[0].get_lines()[1].get_linestyle() == "--"  # the part-way run is dashed
+    plots.plt.close(fig)

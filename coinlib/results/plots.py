@@ -402,6 +402,39 @@ def save_training_curves(run_dir: str | Path, figures_dir: str | Path, title: st
     return paths
 
 
+def plot_training_losses(logs: pd.DataFrame, labels: dict[str, str] | None = None) -> plt.Figure:
+    """The generation loss (and the contrastive loss where an arm has one) against the optimizer step, one line per
+    run coloured by arm, dashed while a run is part-way (``logs``: rows of
+    :func:`coinlib.study.report.training_logs`)."""
+    use_style()
+    labels = labels or {}
+    colors = _arm_colors(list(dict.fromkeys(logs["arm"])))
+    panels = [("loss_ent", "L_ent (generation)")] + ([("loss_ctr", "L_ctr (InfoNCE)")]
+                                                     if logs["loss_ctr"].notna().any() else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
+    for ax, (col, title) in zip(axes[0], panels):
+        for arm, color in colors.items():
+            shown = False
+            for (run, finished), rows in logs[logs["arm"] == arm].groupby(["run", "finished"], sort=True):
+                rows = rows.dropna(subset=[col]).sort_values("step")
+                if rows.empty:
+                    continue
+                ax.plot(rows["step"], rows[col], "-" if finished else "--", color=color, lw=1, alpha=0.8,
+                        label=None if shown else labels.get(arm, arm))
+                shown = True
+        ax.set(title=title, xlabel="optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = {}  # every arm once, also one without a line in the last panel (CIT has no L_ctr)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    if not logs["finished"].all():
+        fig.suptitle("training losses as logged (dashed: a run still training, up to its committed step)")
+    fig.tight_layout()
+    return fig
+
+
 def plot_seed_differences(per_seed: pd.DataFrame, across: pd.DataFrame, labels: dict[str, str] | None = None,
                           metrics: tuple[str, ...] = ("cal_acc", "auc", "std_cal_acc", "flip_rate_cal")) -> plt.Figure:
     """Arm minus reference per group for one input format: each seed's difference as a point, the mean over seeds

@@ -3,6 +3,7 @@ summary across seeds, tables and figure."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ from coinlib.evaluate.metrics import summarize
 from coinlib.results.report import group_table, paired_markdown_table, paired_table, task_table
 from coinlib.study import curves
 from coinlib.study.spec import BASE_KEY, StudySpec, arm_params, reference_of
-from coinlib.study.store import _read_meta, runs_dir, training_progress
+from coinlib.study.store import PROGRESS, _read_meta, runs_dir, training_progress
 
 
 def committed_runs(spec: StudySpec) -> pd.DataFrame:
@@ -46,6 +47,35 @@ def committed_runs(spec: StudySpec) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows)
 
+
+
+LOG_COLUMNS = ["step", "loss_ent", "loss_ctr"]
+
+
+def training_logs(spec: StudySpec) -> pd.DataFrame:
+    """The logged generation and contrastive losses of every committed training: a finished run's
+    ``train/train_log.csv``, else the ``trainer_state.json`` of its committed progress (a run part-way).
+    Columns run, arm, seed, finished, step, loss_ent, loss_ctr (NaN where the run logs none)."""
+    root, frames = runs_dir(spec), []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        arm = next((a for a in spec.arms if re.fullmatch(rf"{re.escape(a)}-s\d+", folder.name)), None)
+        log, state = folder / "train" / "train_log.csv", folder / PROGRESS / "trainer_state.json"
+        if arm is None:
+            continue
+        if log.is_file():
+            rows, finished = pd.read_csv(log), True
+        elif state.is_file():
+            history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
+            rows, finished = pd.DataFrame([h for h in history if "loss_ent" in h]), False
+        else:
+            continue
+        if rows.empty:
+            continue
+        rows = rows.reindex(columns=LOG_COLUMNS)
+        frames.append(rows.assign(run=folder.name, arm=arm, seed=int(folder.name.rsplit("-s", 1)[1]),
+                                  finished=finished))
+    columns = ["run", "arm", "seed", "finished"] + LOG_COLUMNS
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def _headline(summary: pd.DataFrame) -> dict[str, float]:
@@ -158,7 +188,14 @@ def write_report(spec: StudySpec) -> dict[str, pd.DataFrame]:
             plots.plt.close(fig)
     for fmt in spec.formats:
         write_curves(spec, fmt, labels)
-    return {"runs": runs, "per_seed": per_seed, "across": across, "dose": dose}
+    logs = training_logs(spec)
+    if len(logs):
+        fig = plots.plot_training_losses(logs, labels)
+        plots.save_figure(fig, logs, out, "training_losses")
+        plots.plt.close(fig)
+    else:
+        _remove_outputs(out, "training_losses")
+    return {"runs": runs, "per_seed": per_seed, "across": across, "dose": dose, "logs": logs}
 
 
 def write_curves(spec: StudySpec, fmt: str, labels: dict[str, str]) -> dict[str, pd.DataFrame]:
