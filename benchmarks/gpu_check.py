@@ -319,16 +319,17 @@ def train_steps(check: Check, P, model, tok, entries: Entries, micro_steps: int)
     timed = [entries[i] for i in range(MICRO_PAIRS * micro_steps, steps * MICRO_PAIRS * micro_steps)]
     shapes = [collate(timed[j:j + MICRO_PAIRS])["input_ids"].shape for j in range(0, len(timed), MICRO_PAIRS)]
     padded = sum(r * c for r, c in shapes)
-    scale = BATCH // MICRO_PAIRS / micro_steps  # micro-steps of a batch-64 step per micro-step timed
-    per_micro = statistics.median(durations) / micro_steps
-    per_step = per_micro * (BATCH // MICRO_PAIRS)
+    scale = BATCH // MICRO_PAIRS / micro_steps  # a batch-64 step is this many timed steps
+    per_step = statistics.median(durations) * scale
+    per_micro = per_step / (BATCH // MICRO_PAIRS)
     losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
     out = {
         "peak_gib": peak(check), "first_step_s": round(ends[0] - timer.begin, 2),
         "s_per_micro_step": round(per_micro, 4), "s_per_step_b64": round(per_step, 2),
         "epoch_h": round(per_step * EPOCH_STEPS / 3600, 2), "sequences_per_micro_step": shapes[0][0],
         "s_per_step_b64_range": [round(min(durations) * scale, 2), round(max(durations) * scale, 2)],
-        "timed_steps": len(durations), "padded_tokens_per_s": round(padded / sum(durations)), "train_loss": losses[-1] if losses else None,
+        "timed_steps": len(durations), "padded_tokens_per_s": round(padded / sum(durations)),
+        "train_loss": losses[-1] if losses else None,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     del trainer
@@ -623,9 +624,9 @@ def markdown(doc: dict[str, Any]) -> str:
         for mode in ("COIN", "CIT"):
             r = rec.get(mode, {})
             status = r.get("error") or rec.get("reason") or rec.get("error") or rec["status"]
+            spread = tuple(r["s_per_step_b64_range"]) if "s_per_step_b64_range" in r else ""
             lines.append(f"| {name[6:]} | {mode} | {r.get('peak_gib', '-')} | {r.get('s_per_micro_step', '-')} | "
-                         f"{r.get('s_per_step_b64', '-')} {tuple(r['s_per_step_b64_range']) if 's_per_step_b64_range' in r else ''} | "
-                         f"{r.get('epoch_h', '-')} | "
+                         f"{r.get('s_per_step_b64', '-')} {spread} | {r.get('epoch_h', '-')} | "
                          f"{rec.get('sweep_h', '-') if mode == 'COIN' else ''} | {str(status)[:80]} |")
     lines += ["", "## Evaluation", "", "| section | instances/s | other | status |", "|---|---|---|---|"]
     for name in ("smollm2", "eval_7b", "runner"):

@@ -23,10 +23,10 @@ def committed_runs(spec: StudySpec) -> pd.DataFrame:
     """Every run x format of the spec (and any other seed found committed): status, wall times, headline metrics."""
     root = runs_dir(spec)
     keys = [(BASE_KEY, BASE_KEY, None)] if spec.base_model else []
-    found = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    found = [run for p in root.iterdir() if (run := arm_and_seed(spec, p.name))] if root.is_dir() else []
     for arm in spec.arms:
-        extra = sorted(int(m.group(1)) for k in found if (m := re.fullmatch(rf"{re.escape(arm)}-s(\d+)", k)))
-        keys += [(f"{arm}-s{s}", arm, s) for s in sorted(set(spec.seeds) | set(extra))]
+        extra = {s for a, s in found if a == arm}
+        keys += [(f"{arm}-s{s}", arm, s) for s in sorted(set(spec.seeds) | extra)]
     rows, progress = [], training_progress(spec)
     for key, arm, seed in keys:
         train_meta = _read_meta(root / key / "train")
@@ -49,6 +49,14 @@ def committed_runs(spec: StudySpec) -> pd.DataFrame:
 
 
 
+def arm_and_seed(spec: StudySpec, key: str) -> Optional[tuple[str, int]]:
+    """The arm and seed of a run folder named ``<arm>-s<seed>`` (None for the base model or any other name)."""
+    for arm in spec.arms:
+        if m := re.fullmatch(rf"{re.escape(arm)}-s(\d+)", key):
+            return arm, int(m.group(1))
+    return None
+
+
 LOG_COLUMNS = ["step", "loss_ent", "loss_ctr"]
 
 
@@ -58,10 +66,10 @@ def training_logs(spec: StudySpec) -> pd.DataFrame:
     Columns run, arm, seed, finished, step, loss_ent, loss_ctr (NaN where the run logs none)."""
     root, frames = runs_dir(spec), []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        arm = next((a for a in spec.arms if re.fullmatch(rf"{re.escape(a)}-s\d+", folder.name)), None)
-        log, state = folder / "train" / "train_log.csv", folder / PROGRESS / "trainer_state.json"
-        if arm is None:
+        run = arm_and_seed(spec, folder.name)
+        if run is None:
             continue
+        log, state = folder / "train" / "train_log.csv", folder / PROGRESS / "trainer_state.json"
         if log.is_file():
             rows, finished = pd.read_csv(log), True
         elif state.is_file():
@@ -72,8 +80,7 @@ def training_logs(spec: StudySpec) -> pd.DataFrame:
         if rows.empty:
             continue
         rows = rows.reindex(columns=LOG_COLUMNS)
-        frames.append(rows.assign(run=folder.name, arm=arm, seed=int(folder.name.rsplit("-s", 1)[1]),
-                                  finished=finished))
+        frames.append(rows.assign(run=folder.name, arm=run[0], seed=run[1], finished=finished))
     columns = ["run", "arm", "seed", "finished"] + LOG_COLUMNS
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
